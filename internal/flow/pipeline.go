@@ -1,0 +1,369 @@
+package flow
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/sluicehq/sluice/internal/metrics"
+	"github.com/sluicehq/sluice/internal/record"
+)
+
+// Config is the processing stage's settings.
+type Config struct {
+	Workers       int
+	RecordTimeout time.Duration // 0 disables the per-record timeout
+	Lanes         int
+	Batch         BatchConfig
+	WriteTimeout  time.Duration
+	Retry         RetryConfig
+	// RecordsPerSecond limits rows written per second across all lanes; 0 is off.
+	RecordsPerSecond float64
+	Burst            int
+}
+
+// BatchConfig bounds one sink write.
+type BatchConfig struct {
+	MaxRecords int
+	MaxBytes   int
+	Linger     time.Duration
+}
+
+// Pipeline maps admitted records to rows on a worker pool and writes them
+// through lanes: a partition always goes to the same lane, a lane writes its
+// batches one after another in admission order, and lanes write in parallel.
+//
+// Contract: Room, Admit and CloseInput are called from one goroutine (the
+// consumer's poll loop). Run starts every goroutine of the pipeline and returns
+// after all have stopped: when input is closed and everything admitted is done
+// (nil), when ctx is cancelled (ctx's error), or when the sink reports a fatal
+// error (that error).
+type Pipeline struct {
+	cfg       Config
+	gate      *Gate
+	mapper    Mapper
+	sink      Sink
+	dlq       DeadLetterer
+	committer Committer
+	metrics   *metrics.Metrics
+	log       *zap.Logger
+	limiter   *rate.Limiter
+	now       func() time.Time
+
+	work        chan *item // to workers; capacity MaxRecords: the gate bounds what is queued
+	lanes       []*lane    // each with its own queue, capacity MaxRecords for the same reason
+	deadQueue   chan *item // to the dead-letter goroutine; capacity MaxRecords, same reason
+	laneOf      map[record.Partition]*lane
+	closed      bool
+	inputClosed atomic.Bool
+	drained     chan struct{}
+
+	workers []*worker
+	wmu     sync.Mutex
+
+	// Counters for /status and the demo.
+	written, deadLettered atomic.Int64
+	fatal                 atomic.Pointer[error]
+}
+
+// Option sets an injected dependency of the Pipeline.
+type Option func(*Pipeline)
+
+// WithLogger sets the logger (default: no logging).
+func WithLogger(l *zap.Logger) Option { return func(p *Pipeline) { p.log = l } }
+
+// WithClock sets the time source (default time.Now).
+func WithClock(now func() time.Time) Option { return func(p *Pipeline) { p.now = now } }
+
+// New returns a pipeline. It starts nothing; Run does.
+func New(cfg Config, gate *Gate, mapper Mapper, sink Sink, dlq DeadLetterer, committer Committer, m *metrics.Metrics, opts ...Option) *Pipeline {
+	p := &Pipeline{cfg: cfg, gate: gate, mapper: mapper, sink: sink, dlq: dlq, committer: committer, metrics: m,
+		log: zap.NewNop(), now: time.Now, laneOf: map[record.Partition]*lane{}, drained: make(chan struct{})}
+	for _, o := range opts {
+		o(p)
+	}
+	capacity := gate.cfg.MaxRecords + 1 // +1: an empty gate admits one record over budget
+	p.work = make(chan *item, capacity)
+	p.deadQueue = make(chan *item, capacity)
+	for i := range max(1, cfg.Lanes) {
+		p.lanes = append(p.lanes, &lane{p: p, id: i, queue: make(chan *item, capacity), wake: make(chan struct{}, 1), out: make(chan *record.Batch)})
+	}
+	if cfg.RecordsPerSecond > 0 {
+		burst := max(cfg.Burst, 1)
+		p.limiter = rate.NewLimiter(rate.Limit(cfg.RecordsPerSecond), burst)
+	}
+	return p
+}
+
+// item is one admitted record on its way through a worker and its lane.
+type item struct {
+	rec   *record.Record
+	lane  *lane
+	state atomic.Int32 // itemPending, itemClaimed, itemRow, itemPoison
+	row   record.Row
+	cause *PoisonError
+}
+
+const (
+	itemPending int32 = iota
+	itemClaimed
+	itemRow
+	itemPoison
+)
+
+// settle records the outcome of mapping once; a late outcome (after the
+// watchdog settled the item as timed out) is dropped.
+func (it *item) settle(row record.Row, cause *PoisonError) bool {
+	if !it.state.CompareAndSwap(itemPending, itemClaimed) {
+		return false
+	}
+	it.row, it.cause = row, cause
+	if cause != nil {
+		it.state.Store(itemPoison)
+	} else {
+		it.state.Store(itemRow)
+	}
+	select {
+	case it.lane.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Room reports whether r may be admitted now (see Gate.Room).
+func (p *Pipeline) Room(r *record.Record) bool { return p.gate.Room(r) }
+
+// Admit hands r to the pipeline. Call only after Room(r) reported true; it
+// never blocks.
+func (p *Pipeline) Admit(r *record.Record) {
+	p.gate.Admit(r)
+	r.Admitted = p.now()
+	part := r.Part()
+	l := p.laneOf[part]
+	if l == nil {
+		h := fnv.New32a()
+		h.Write([]byte(part.Topic))
+		h.Write([]byte{byte(part.Partition >> 24), byte(part.Partition >> 16), byte(part.Partition >> 8), byte(part.Partition)})
+		l = p.lanes[int(h.Sum32()%uint32(len(p.lanes)))]
+		p.laneOf[part] = l
+	}
+	it := &item{rec: r, lane: l}
+	l.queue <- it
+	p.work <- it
+	p.metrics.RecordsConsumed.Inc()
+}
+
+// CloseInput says no more records will be admitted; Run then drains what was
+// admitted and returns.
+func (p *Pipeline) CloseInput() {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	p.inputClosed.Store(true)
+	close(p.work)
+	for _, l := range p.lanes {
+		close(l.queue)
+	}
+}
+
+// Drained is closed when Run has finished after CloseInput.
+func (p *Pipeline) Drained() <-chan struct{} { return p.drained }
+
+// Counts returns the records written and dead-lettered so far.
+func (p *Pipeline) Counts() (written, deadLettered int64) {
+	return p.written.Load(), p.deadLettered.Load()
+}
+
+// Run runs the workers, the watchdog, the lanes and the dead-letter stage.
+func (p *Pipeline) Run(ctx context.Context) error {
+	defer close(p.drained)
+	g, ctx := errgroup.WithContext(ctx)
+	var workers sync.WaitGroup
+	for range max(1, p.cfg.Workers) {
+		p.startWorker(ctx, &workers)
+	}
+	if p.cfg.RecordTimeout > 0 {
+		// The watchdog counts as a worker so that the replacements it starts are
+		// never added to a WaitGroup whose count already reached zero.
+		workers.Go(func() { p.watchdog(ctx, &workers) })
+	}
+	g.Go(func() error { workers.Wait(); return nil })
+	var lanes sync.WaitGroup
+	for _, l := range p.lanes {
+		lanes.Add(2)
+		g.Go(func() error { defer lanes.Done(); return l.batch(ctx) })
+		g.Go(func() error { defer lanes.Done(); return l.write(ctx) })
+	}
+	lanesDone := make(chan struct{})
+	g.Go(func() error { lanes.Wait(); close(lanesDone); return nil })
+	g.Go(func() error { return p.deadLetterLoop(ctx, lanesDone) })
+	return g.Wait()
+}
+
+// worker maps records. A worker whose record exceeded the timeout is
+// abandoned: the watchdog settles its record and starts a replacement, and the
+// abandoned worker exits once its mapper returns.
+type worker struct {
+	current   atomic.Pointer[item]
+	since     atomic.Int64 // unix nanos when current started
+	abandoned atomic.Bool
+}
+
+func (p *Pipeline) startWorker(ctx context.Context, wg *sync.WaitGroup) {
+	w := &worker{}
+	p.wmu.Lock()
+	p.workers = append(p.workers, w)
+	p.wmu.Unlock()
+	wg.Go(func() { p.runWorker(ctx, w) })
+}
+
+func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
+	for {
+		var it *item
+		var ok bool
+		select {
+		case it, ok = <-p.work:
+		case <-ctx.Done():
+			return
+		}
+		if !ok {
+			return
+		}
+		w.since.Store(p.now().UnixNano())
+		w.current.Store(it)
+		row, err := p.mapper.Map(ctx, it.rec)
+		w.current.Store(nil)
+		if err != nil {
+			it.settle(nil, asPoison(err))
+		} else {
+			it.settle(row, nil)
+		}
+		if w.abandoned.Load() {
+			return
+		}
+	}
+}
+
+// watchdog settles records that exceeded the record timeout as poison and
+// replaces their workers, so a slow record never blocks its partition.
+func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
+	tick := time.NewTicker(max(p.cfg.RecordTimeout/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		deadline := p.now().Add(-p.cfg.RecordTimeout).UnixNano()
+		p.wmu.Lock()
+		if p.inputClosed.Load() && len(p.work) == 0 && p.idle() {
+			p.wmu.Unlock()
+			return
+		}
+		stuck := 0
+		live := p.workers[:0]
+		for _, w := range p.workers {
+			it := w.current.Load()
+			if it != nil && w.since.Load() <= deadline && !w.abandoned.Load() {
+				if it.settle(nil, &PoisonError{Reason: ReasonTimeout, Err: fmt.Errorf("%w (%s)", ErrRecordTimeout, p.cfg.RecordTimeout)}) {
+					w.abandoned.Store(true)
+					stuck++
+					continue
+				}
+			}
+			if !w.abandoned.Load() {
+				live = append(live, w)
+			}
+		}
+		p.workers = live
+		p.wmu.Unlock()
+		for range stuck {
+			p.startWorker(ctx, wg)
+		}
+	}
+}
+
+// idle reports whether no live worker holds a record. p.wmu held.
+func (p *Pipeline) idle() bool {
+	for _, w := range p.workers {
+		if w.current.Load() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// finish marks records done: committed past, and their budget released.
+func (p *Pipeline) finish(rs []*record.Record) {
+	p.committer.Done(rs...)
+	p.gate.Release(rs...)
+	now := p.now()
+	for _, r := range rs {
+		p.metrics.ProcessingDuration.Observe(now.Sub(r.Admitted).Seconds())
+	}
+}
+
+// deadLetterLoop stores poison records in order, retrying until the DLQ takes
+// each one: a record that cannot be dead-lettered is never done.
+func (p *Pipeline) deadLetterLoop(ctx context.Context, lanesDone <-chan struct{}) error {
+	for {
+		var it *item
+		select {
+		case it = <-p.deadQueue:
+		case <-lanesDone:
+			select {
+			case it = <-p.deadQueue:
+			default:
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b := p.backoff()
+		for {
+			err := p.dlq.DeadLetter(ctx, it.rec, it.cause)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			d := b.next(0)
+			p.log.Warn("dead-letter write failed; retrying, the record stays uncommitted",
+				zap.Stringer("partition", it.rec.Part()), zap.Int64("offset", it.rec.Offset), zap.Duration("backoff", d), zap.Error(err))
+			if err := sleep(ctx, d); err != nil {
+				return err
+			}
+		}
+		p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
+		p.deadLettered.Add(1)
+		p.finish([]*record.Record{it.rec})
+	}
+}
+
+func (p *Pipeline) deadLetter(ctx context.Context, it *item) error {
+	select {
+	case p.deadQueue <- it:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Fatal returns the fatal sink error that stopped the pipeline, if any.
+func (p *Pipeline) Fatal() error {
+	if e := p.fatal.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
