@@ -18,8 +18,8 @@ type GateConfig struct {
 	ResumeAt float64
 }
 
-// Gate bounds the records and bytes between admission and done. When a record
-// does not fit, the gate is full: it pauses, through the Pauser, every partition
+// Gate bounds the records and bytes between admission and done. When usage
+// reaches either budget, or a record does not fit, the gate is full: it pauses, through the Pauser, every partition
 // that holds buffered data (heaviest first) and the partition of the record that
 // did not fit, and keeps them paused until usage of both budgets falls below
 // ResumeAt. Lag then grows in Kafka, not in memory.
@@ -110,6 +110,9 @@ func (g *Gate) Admit(r *record.Record) {
 	u.records++
 	u.bytes += n
 	g.peakBytes = max(g.peakBytes, g.bytes)
+	if g.records >= g.cfg.MaxRecords || g.bytes >= g.cfg.MaxBytes {
+		g.fill(r.Part()) // the budget is reached: stop fetching before anything waits
+	}
 	g.publish()
 	g.mu.Unlock()
 }

@@ -69,8 +69,8 @@ type Pipeline struct {
 	wmu     sync.Mutex
 
 	// Counters for /status and the demo.
-	written, deadLettered atomic.Int64
-	fatal                 atomic.Pointer[error]
+	consumed, written, deadLettered atomic.Int64
+	fatal                           atomic.Pointer[error]
 }
 
 // Option sets an injected dependency of the Pipeline.
@@ -158,6 +158,7 @@ func (p *Pipeline) Admit(r *record.Record) {
 	l.queue <- it
 	p.work <- it
 	p.metrics.RecordsConsumed.Inc()
+	p.consumed.Add(1)
 }
 
 // CloseInput says no more records will be admitted; Run then drains what was
@@ -177,9 +178,14 @@ func (p *Pipeline) CloseInput() {
 // Drained is closed when Run has finished after CloseInput.
 func (p *Pipeline) Drained() <-chan struct{} { return p.drained }
 
-// Counts returns the records written and dead-lettered so far.
-func (p *Pipeline) Counts() (written, deadLettered int64) {
-	return p.written.Load(), p.deadLettered.Load()
+// Counts are the pipeline's record counters since it was built.
+type Counts struct {
+	Consumed, Written, DeadLettered int64
+}
+
+// Counts returns the records admitted, written and dead-lettered so far.
+func (p *Pipeline) Counts() Counts {
+	return Counts{Consumed: p.consumed.Load(), Written: p.written.Load(), DeadLettered: p.deadLettered.Load()}
 }
 
 // Run runs the workers, the watchdog, the lanes and the dead-letter stage.
@@ -366,4 +372,3 @@ func (p *Pipeline) Fatal() error {
 	}
 	return nil
 }
-
