@@ -220,6 +220,10 @@ func (p *Pipeline) writeBatch(ctx context.Context, b *record.Batch) error {
 // the rest in order. With the rows named it takes them out at once; otherwise
 // it splits the batch in halves and writes each half on its own.
 func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedError) error {
+	if len(re.Rows) > 0 && !validRows(re.Rows, b.Len()) {
+		p.log.Warn("the sink named rows outside the batch; bisecting instead", zap.Ints("rows", re.Rows), zap.Int("batch", b.Len()))
+		re = &RejectedError{Err: re.Err}
+	}
 	if len(re.Rows) > 0 {
 		bad := make(map[int]*PoisonError, len(re.Rows))
 		for i, row := range re.Rows {
@@ -256,6 +260,15 @@ func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedErr
 		}
 	}
 	return nil
+}
+
+func validRows(rows []int, n int) bool {
+	for _, r := range rows {
+		if r < 0 || r >= n {
+			return false
+		}
+	}
+	return true
 }
 
 func rejected(cause *PoisonError, err error) *PoisonError {

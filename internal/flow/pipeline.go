@@ -245,17 +245,45 @@ func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
 		}
 		w.since.Store(p.now().UnixNano())
 		w.current.Store(it)
-		row, err := p.mapper.Map(ctx, it.rec)
+		row, err := p.mapRecord(ctx, it.rec)
 		w.current.Store(nil)
-		if err != nil {
-			it.settle(nil, asPoison(err))
-		} else {
-			it.settle(row, nil)
+		if err != nil && ctx.Err() != nil {
+			// The pipeline is stopping: the error is not the record's fault.
+			// The record stays not done, to be consumed again.
+			return
 		}
-		if w.abandoned.Load() {
+		var settled bool
+		if err != nil {
+			settled = it.settle(nil, asPoison(err))
+		} else {
+			settled = it.settle(row, nil)
+		}
+		// A record the watchdog settled first means the watchdog abandons this
+		// worker and starts a replacement, even if it has not marked it yet.
+		if !settled || w.abandoned.Load() {
 			return
 		}
 	}
+}
+
+// mapRecord maps r under the record timeout: the mapper's ctx ends when the
+// timeout passes, and a failure after that is a timeout.
+func (p *Pipeline) mapRecord(ctx context.Context, r *record.Record) (record.Row, error) {
+	if p.cfg.RecordTimeout <= 0 {
+		return p.mapper.Map(ctx, r)
+	}
+	mctx, cancel := context.WithTimeout(ctx, p.cfg.RecordTimeout)
+	defer cancel()
+	row, err := p.mapper.Map(mctx, r)
+	if err != nil && ctx.Err() == nil && mctx.Err() != nil {
+		return nil, p.timedOut()
+	}
+	return row, err
+}
+
+// timedOut is the cause of a record that exceeded the record timeout.
+func (p *Pipeline) timedOut() *PoisonError {
+	return &PoisonError{Reason: ReasonTimeout, Err: fmt.Errorf("%w (%s)", ErrRecordTimeout, p.cfg.RecordTimeout)}
 }
 
 // watchdog settles records that exceeded the record timeout as poison and
@@ -280,7 +308,7 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 		for _, w := range p.workers {
 			it := w.current.Load()
 			if it != nil && w.since.Load() <= deadline && !w.abandoned.Load() {
-				if it.settle(nil, &PoisonError{Reason: ReasonTimeout, Err: fmt.Errorf("%w (%s)", ErrRecordTimeout, p.cfg.RecordTimeout)}) {
+				if it.settle(nil, p.timedOut()) {
 					w.abandoned.Store(true)
 					stuck++
 					continue

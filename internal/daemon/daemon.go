@@ -1,0 +1,319 @@
+// Package daemon assembles sluice from a Config: the sink, the flow pipeline,
+// the consumer, the dead-letterer and the observability server, and runs them
+// with an ordered shutdown (stop polling, drain, commit, leave the group, stop
+// serving). cmd/sluice's run and demo commands both start sluice through it.
+//
+// Concurrency contract: Run returns only after every goroutine it started has
+// stopped. Stats and Ready may be called from any goroutine while Run runs.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/consumer"
+	"github.com/sluicehq/sluice/internal/dlq"
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/metrics"
+	"github.com/sluicehq/sluice/internal/obs"
+	"github.com/sluicehq/sluice/internal/record"
+	"github.com/sluicehq/sluice/internal/sink/file"
+	"github.com/sluicehq/sluice/internal/sink/postgres"
+)
+
+// Options are injected dependencies; the zero value runs sluice as configured.
+type Options struct {
+	Logger *zap.Logger
+	// Registry receives every metric; nil creates one.
+	Registry *prometheus.Registry
+	// WrapSink wraps the configured sink (the demo slows and fails it).
+	WrapSink func(flow.Sink) flow.Sink
+	// DeadLetterer replaces the configured dead-letterer.
+	DeadLetterer flow.DeadLetterer
+	// KafkaOpts are appended to the consumer's client options.
+	KafkaOpts []kgo.Opt
+	// Started is called once everything is built, before Run serves.
+	Started func(*Daemon)
+}
+
+// Daemon is one running sluice.
+type Daemon struct {
+	cfg      *config.Config
+	log      *zap.Logger
+	reg      *prometheus.Registry
+	metrics  *metrics.Metrics
+	gate     *flow.Gate
+	pipe     *flow.Pipeline
+	consumer *consumer.Consumer
+	server   *obs.Server
+	ping     func(context.Context) error
+	closers  []func() error
+	started  time.Time
+	stopping atomic.Bool
+}
+
+type mapSink interface {
+	flow.Sink
+	flow.Mapper
+}
+
+// pauser forwards the gate's pause decisions to the consumer, which is built
+// after the gate.
+type pauser struct{ c *consumer.Consumer }
+
+func (p *pauser) PauseForGate(ps []record.Partition) {
+	if p.c != nil {
+		p.c.PauseForGate(ps)
+	}
+}
+
+func (p *pauser) ResumeForGate(ps []record.Partition) {
+	if p.c != nil {
+		p.c.ResumeForGate(ps)
+	}
+}
+
+// New builds sluice from cfg: it connects to the sink (and checks the mapping
+// against it) but starts no goroutine.
+func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
+	d := &Daemon{cfg: cfg, log: o.Logger, reg: o.Registry}
+	if d.log == nil {
+		d.log = zap.NewNop()
+	}
+	if d.reg == nil {
+		d.reg = prometheus.NewRegistry()
+		d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	d.metrics = metrics.New(d.reg)
+
+	s, err := d.openSink(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var sink flow.Sink = s
+	if o.WrapSink != nil {
+		sink = o.WrapSink(sink)
+	}
+	dl := o.DeadLetterer
+	if dl == nil {
+		dl = dlq.NewLog(d.log.Named("dlq"))
+	}
+
+	pz := &pauser{}
+	d.gate = flow.NewGate(flow.GateConfig{
+		MaxRecords: cfg.Flow.MaxBufferedRecords,
+		MaxBytes:   int64(cfg.Flow.MaxBufferedBytes),
+		ResumeAt:   cfg.Flow.ResumeAt,
+	}, pz, d.metrics)
+	committer := &committerRef{}
+	d.pipe = flow.New(flow.Config{
+		Workers:       cfg.Flow.Workers,
+		RecordTimeout: cfg.Flow.RecordTimeout,
+		Lanes:         cfg.Sink.Concurrency,
+		Batch: flow.BatchConfig{
+			MaxRecords: cfg.Sink.Batch.MaxRecords,
+			MaxBytes:   int(cfg.Sink.Batch.MaxBytes),
+			Linger:     cfg.Sink.Batch.Linger,
+		},
+		WriteTimeout:     cfg.Sink.WriteTimeout,
+		Retry:            flow.RetryConfig{Initial: cfg.Sink.Retry.InitialBackoff, Max: cfg.Sink.Retry.MaxBackoff},
+		RecordsPerSecond: cfg.Flow.RateLimit.RecordsPerSecond,
+		Burst:            cfg.Flow.RateLimit.Burst,
+	}, d.gate, s, sink, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
+
+	c, err := consumer.New(consumer.Options{
+		Kafka:           cfg.Kafka,
+		CommitInterval:  cfg.Commit.Interval,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		Logger:          d.log.Named("consumer"),
+		Metrics:         d.metrics,
+		Registerer:      d.reg,
+		ExtraOpts:       o.KafkaOpts,
+	}, d.pipe, d.gate)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.consumer, pz.c, committer.c = c, c, c
+	d.server = obs.NewServer(cfg.Observability.Listen, d.reg, func() any { return d.Stats() }, d.Ready, d.log.Named("http"))
+	if o.Started != nil {
+		o.Started(d)
+	}
+	return d, nil
+}
+
+// committerRef forwards done records to the consumer, built after the pipeline.
+type committerRef struct{ c *consumer.Consumer }
+
+func (r *committerRef) Done(rs ...*record.Record) { r.c.Done(rs...) }
+
+func (d *Daemon) openSink(ctx context.Context) (mapSink, error) {
+	switch d.cfg.Sink.Type {
+	case "postgres":
+		if d.cfg.Sink.Postgres.Delivery == config.DeliveryExactlyOnce {
+			return nil, errors.New("sink.postgres.delivery: exactly-once is not available in this version; use at-least-once (with mode upsert or key_columns a redelivery is harmless)")
+		}
+		s, err := postgres.New(ctx, d.cfg.Sink.Postgres, postgres.Options{
+			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Logger: d.log.Named("postgres")})
+		if err != nil {
+			return nil, err
+		}
+		d.ping = s.Ping
+		d.closers = append(d.closers, func() error { s.Close(); return nil })
+		return s, nil
+	case "file":
+		s, err := file.New(d.cfg.Sink.File)
+		if err != nil {
+			return nil, err
+		}
+		d.closers = append(d.closers, s.Close)
+		return s, nil
+	default:
+		return nil, fmt.Errorf("sink.type: %q is not available yet (postgres and file are)", d.cfg.Sink.Type)
+	}
+}
+
+func (d *Daemon) close() {
+	for _, c := range d.closers {
+		if err := c(); err != nil {
+			d.log.Warn("closing the sink", zap.Error(err))
+		}
+	}
+}
+
+// Addr returns the observability server's bound address once it listens.
+func (d *Daemon) Addr() string { return d.server.Addr() }
+
+// Pipeline returns the flow pipeline (the demo reads its counters).
+func (d *Daemon) Pipeline() *flow.Pipeline { return d.pipe }
+
+// Consumer returns the consumer.
+func (d *Daemon) Consumer() *consumer.Consumer { return d.consumer }
+
+// Gate returns the flow gate.
+func (d *Daemon) Gate() *flow.Gate { return d.gate }
+
+// Run runs sluice until ctx is done, then shuts down in order: stop polling,
+// drain within shutdown_timeout, commit, leave the group, stop serving. It
+// returns nil after a clean shutdown, or the error that stopped it (a fatal
+// sink error, a listener that cannot bind).
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.close()
+	d.started = time.Now()
+	if err := d.server.Listen(); err != nil {
+		return err
+	}
+	pipeCtx, cancelPipe := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelPipe()
+	srvCtx, stopServer := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServer()
+
+	g, gctx := errgroup.WithContext(ctx)
+	var srvErr error
+	srvDone := make(chan struct{})
+	go func() { defer close(srvDone); srvErr = d.server.Run(srvCtx) }()
+	g.Go(func() error {
+		err := d.pipe.Run(pipeCtx)
+		if err != nil && pipeCtx.Err() == nil {
+			return fmt.Errorf("pipeline: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		// Readiness turns false as soon as shutdown starts; the pipeline keeps
+		// running so the consumer can drain it within shutdown_timeout.
+		<-gctx.Done()
+		d.stopping.Store(true)
+		return nil
+	})
+	g.Go(func() error {
+		defer cancelPipe() // after the drain: whatever is left is abandoned, uncommitted
+		return d.consumer.Run(gctx)
+	})
+	err := g.Wait()
+	stopServer()
+	<-srvDone
+	if err == nil && srvErr != nil && !errors.Is(srvErr, context.Canceled) {
+		err = srvErr
+	}
+	return err
+}
+
+// Ready reports why sluice is not ready, or nil: the group is joined, the sink
+// answers, and no fatal error stopped the pipeline.
+func (d *Daemon) Ready() error {
+	if d.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	if err := d.pipe.Fatal(); err != nil {
+		return fmt.Errorf("sink stopped: %w", err)
+	}
+	select {
+	case <-d.consumer.Joined():
+	default:
+		return errors.New("not yet a member of the consumer group")
+	}
+	if d.ping != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := d.ping(ctx); err != nil {
+			return fmt.Errorf("sink unreachable: %w", err)
+		}
+	}
+	return nil
+}
+
+// Status is what /status serves.
+type Status struct {
+	Group         string                    `json:"group"`
+	Sink          string                    `json:"sink"`
+	Ready         bool                      `json:"ready"`
+	NotReady      string                    `json:"not_ready,omitempty"`
+	UptimeSeconds float64                   `json:"uptime_seconds"`
+	Buffer        BufferStatus              `json:"buffer"`
+	Consumed      int64                     `json:"records_consumed"`
+	Written       int64                     `json:"records_written"`
+	DeadLettered  int64                     `json:"records_dead_lettered"`
+	Partitions    []consumer.PartitionStats `json:"partitions"`
+}
+
+// BufferStatus is the gate's use.
+type BufferStatus struct {
+	Records     int     `json:"records"`
+	MaxRecords  int     `json:"max_records"`
+	Bytes       int64   `json:"bytes"`
+	MaxBytes    int64   `json:"max_bytes"`
+	PeakBytes   int64   `json:"peak_bytes"`
+	Utilization float64 `json:"utilization"`
+	Full        bool    `json:"full"`
+	Pauses      int64   `json:"pauses"`
+}
+
+// Stats returns the current status.
+func (d *Daemon) Stats() Status {
+	gs := d.gate.Stats()
+	n := d.pipe.Counts()
+	s := Status{
+		Group: d.cfg.Kafka.Group, Sink: d.cfg.Sink.Type, UptimeSeconds: time.Since(d.started).Seconds(),
+		Buffer: BufferStatus{Records: gs.Records, MaxRecords: gs.MaxRecords, Bytes: gs.Bytes, MaxBytes: gs.MaxBytes,
+			PeakBytes: gs.PeakBytes, Full: gs.Full, Pauses: gs.Pauses,
+			Utilization: max(float64(gs.Records)/float64(max(gs.MaxRecords, 1)), float64(gs.Bytes)/float64(max(gs.MaxBytes, 1)))},
+		Consumed: n.Consumed, Written: n.Written, DeadLettered: n.DeadLettered, Partitions: d.consumer.Stats(),
+	}
+	if err := d.Ready(); err != nil {
+		s.NotReady = err.Error()
+	} else {
+		s.Ready = true
+	}
+	return s
+}

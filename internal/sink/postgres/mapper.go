@@ -1,0 +1,247 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/record"
+)
+
+// column is one column of the target table as the catalog describes it.
+type column struct {
+	Name      string
+	TypeOID   uint32 // the column's type, or a domain's base type
+	Type      string // as format_type prints it, for messages
+	NotNull   bool   // the column or its domain is NOT NULL
+	Generated bool   // a generated column, which cannot be written
+}
+
+// tableDef is the target table as the catalog describes it.
+type tableDef struct {
+	Schema, Name string
+	Columns      []column   // in table order
+	UniqueKeys   [][]string // column sets of unique indexes ON CONFLICT can use
+	CanInsert    bool
+	CanUpdate    bool
+	CanTemp      bool // the role may create temporary tables (the staging table)
+}
+
+func (t *tableDef) String() string { return t.Schema + "." + t.Name }
+
+func (t *tableDef) column(name string) (column, bool) {
+	for _, c := range t.Columns {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return column{}, false
+}
+
+// field is one mapped column: where its value comes from and what it must be.
+type field struct {
+	col  column
+	kind kind
+	src  source
+}
+
+// mapper turns records into rows for one table. It is immutable after
+// newMapper and safe for concurrent use.
+type mapper struct {
+	fields   []field // in table order, which is the row order
+	needJSON bool    // some field reads the value as JSON
+}
+
+// columnKey is the configuration path of a mapped column, for messages.
+func columnKey(name string) string { return "sink.postgres.columns." + name }
+
+// newMapper checks the configured mapping (column -> source) against the table
+// and returns the mapper, or every problem found, each naming its key.
+func newMapper(t *tableDef, mapping map[string]string) (*mapper, error) {
+	if len(mapping) == 0 {
+		return nil, errors.New("sink.postgres.columns: no columns are mapped")
+	}
+	var errs []error
+	byName := make(map[string]field, len(mapping))
+	for _, name := range slices.Sorted(maps.Keys(mapping)) {
+		f, err := newField(t, name, mapping[name])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", columnKey(name), err))
+			continue
+		}
+		byName[name] = f
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	m := &mapper{fields: make([]field, 0, len(byName))}
+	for _, c := range t.Columns {
+		if f, ok := byName[c.Name]; ok {
+			m.fields = append(m.fields, f)
+			if f.src.kind == srcPath || (f.src.kind == srcValue && (f.kind == kindJSON || f.kind == kindJSONB)) {
+				m.needJSON = true
+			}
+		}
+	}
+	return m, nil
+}
+
+func newField(t *tableDef, name, src string) (field, error) {
+	c, ok := t.column(name)
+	if !ok {
+		msg := fmt.Sprintf("column %q does not exist in table %s", name, t)
+		for _, other := range t.Columns {
+			if strings.EqualFold(other.Name, name) {
+				msg += fmt.Sprintf(" (did you mean %q?)", other.Name)
+				break
+			}
+		}
+		return field{}, errors.New(msg)
+	}
+	if c.Generated {
+		return field{}, fmt.Errorf("column %q of table %s is a generated column and cannot be written", name, t)
+	}
+	k, ok := kindOf(c.TypeOID)
+	if !ok {
+		return field{}, fmt.Errorf("column %q has type %s, which the postgres sink cannot write (supported: %s)", name, c.Type, supportedTypes)
+	}
+	s, err := parseSource(src)
+	if err != nil {
+		return field{}, err
+	}
+	if !k.accepts(s.kind) {
+		return field{}, fmt.Errorf("source %s cannot be converted to column %q of type %s", s, name, c.Type)
+	}
+	return field{col: c, kind: k, src: s}, nil
+}
+
+// mapRecord converts one record to a row. The JSON value is validated once and
+// only the paths columns need are read. Errors are *flow.PoisonError: decode
+// when the value is not JSON, mapping when a field is missing or does not fit
+// its column.
+func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
+	var doc string
+	if m.needJSON {
+		if len(r.Value) == 0 {
+			return nil, flow.Decode(errors.New("the record value is empty; the mapped columns need a JSON document"))
+		}
+		if !gjson.ValidBytes(r.Value) {
+			return nil, flow.Decode(errors.New("the record value is not valid JSON"))
+		}
+		// gjson reads the value in place; fromJSON copies what a row keeps.
+		doc = unsafeString(r.Value)
+	}
+	row := make(record.Row, len(m.fields))
+	for i := range m.fields {
+		v, err := m.fields[i].value(r, doc)
+		if err != nil {
+			return nil, err
+		}
+		row[i] = v
+	}
+	return row, nil
+}
+
+// value reads and converts this field's value from r (doc is r.Value as a
+// string when the mapper needs JSON).
+func (f *field) value(r *record.Record, doc string) (any, error) {
+	var (
+		v any
+		p problem
+	)
+	switch f.src.kind {
+	case srcPath:
+		res := gjson.Get(doc, f.src.arg)
+		switch {
+		case !res.Exists():
+			return f.null("is missing")
+		case res.Type == gjson.Null:
+			return f.null("is null")
+		}
+		if v, p = fromJSON(f.kind, res, r.Value); p != "" {
+			return nil, f.fail(describe(res), p)
+		}
+	case srcValue:
+		if r.Value == nil {
+			return f.null("is null (a tombstone)")
+		}
+		if f.kind == kindJSON || f.kind == kindJSONB {
+			// Validated as JSON by mapRecord.
+			if p = checkJSON(f.kind, r.Value); p != "" {
+				return nil, f.fail("the value", p)
+			}
+			return r.Value, nil
+		}
+		if v, p = fromBytes(f.kind, r.Value); p != "" {
+			return nil, f.fail(snippet(unsafeString(r.Value), true), p)
+		}
+	case srcKey:
+		if r.Key == nil {
+			return f.null("is null")
+		}
+		if v, p = fromBytes(f.kind, r.Key); p != "" {
+			return nil, f.fail(snippet(unsafeString(r.Key), true), p)
+		}
+	case srcHeader:
+		h, ok := r.Header(f.src.arg)
+		switch {
+		case !ok:
+			return f.null("is missing")
+		case h == nil:
+			return f.null("is null")
+		}
+		if v, p = fromBytes(f.kind, h); p != "" {
+			return nil, f.fail(snippet(unsafeString(h), true), p)
+		}
+	case srcTopic:
+		return r.Topic, nil // only text columns accept $topic
+	case srcPartition:
+		if v, p = fromInt64(f.kind, int64(r.Partition)); p != "" {
+			return nil, f.fail(strconv.FormatInt(int64(r.Partition), 10), p)
+		}
+	case srcOffset:
+		if v, p = fromInt64(f.kind, r.Offset); p != "" {
+			return nil, f.fail(strconv.FormatInt(r.Offset, 10), p)
+		}
+	case srcTimestamp:
+		if r.Timestamp.IsZero() {
+			return f.null("is not set")
+		}
+		if v, p = fromTime(f.kind, r.Timestamp); p != "" {
+			return nil, f.fail("timestamp", p)
+		}
+	}
+	return v, nil
+}
+
+// null returns NULL for a nullable column, and a mapping error for a NOT NULL one.
+func (f *field) null(why string) (any, error) {
+	if !f.col.NotNull {
+		return nil, nil
+	}
+	return nil, flow.Mapping(fmt.Errorf("column %q is NOT NULL but %s %s", f.col.Name, f.src, why))
+}
+
+// fail returns the mapping error for a value that does not fit the column.
+func (f *field) fail(found string, p problem) error {
+	why := string(p)
+	if p == wrongType {
+		why = "want " + f.kind.want()
+	}
+	return flow.Mapping(fmt.Errorf("column %q (%s) from %s: found %s, %s", f.col.Name, f.col.Type, f.src, found, why))
+}
+
+// columns returns the names of the mapped columns in row order.
+func (m *mapper) columns() []string {
+	names := make([]string, len(m.fields))
+	for i, f := range m.fields {
+		names[i] = f.col.Name
+	}
+	return names
+}
