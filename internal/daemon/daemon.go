@@ -86,6 +86,11 @@ func (p *pauser) ResumeForGate(ps []record.Partition) {
 // New builds sluice from cfg: it connects to the sink (and checks the mapping
 // against it) but starts no goroutine.
 func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
+	if cfg.DLQ.Topic == "" {
+		c := *cfg
+		c.DLQ.Topic = cfg.Kafka.Group + ".dlq" // as config.Load derives it
+		cfg = &c
+	}
 	d := &Daemon{cfg: cfg, log: o.Logger, reg: o.Registry}
 	if d.log == nil {
 		d.log = zap.NewNop()
@@ -106,7 +111,13 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 	}
 	dl := o.DeadLetterer
 	if dl == nil {
-		dl = dlq.NewLog(d.log.Named("dlq"))
+		k, err := openDLQ(ctx, cfg, o.KafkaOpts)
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.closers = append(d.closers, func() error { k.Close(); return nil })
+		dl = k
 	}
 
 	pz := &pauser{}
@@ -150,6 +161,25 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		o.Started(d)
 	}
 	return d, nil
+}
+
+// openDLQ returns the dead-letter producer for dlq.topic, creating the topic
+// (with the broker's default partitions and replication) when it is missing.
+func openDLQ(ctx context.Context, cfg *config.Config, extra []kgo.Opt) (*dlq.Kafka, error) {
+	sec, err := consumer.Security(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	opts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Kafka.Brokers...)}, sec...), extra...)
+	k, err := dlq.NewKafka(cfg.DLQ.Topic, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.Ensure(ctx); err != nil {
+		k.Close()
+		return nil, fmt.Errorf("dlq.topic: %w", err)
+	}
+	return k, nil
 }
 
 // committerRef forwards done records to the consumer, built after the pipeline.

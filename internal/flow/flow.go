@@ -68,7 +68,10 @@ const (
 type PoisonError struct {
 	Reason string // one of the Reason constants
 	Code   string // SQLSTATE or HTTP status, when there is one
-	Err    error
+	// Attempts is how many times the record was tried before it was given up
+	// (the sluice.attempts DLQ header); 0 means once.
+	Attempts int
+	Err      error
 }
 
 func (e *PoisonError) Error() string {

@@ -346,41 +346,72 @@ func (p *Pipeline) finish(rs []*record.Record) {
 	}
 }
 
-// deadLetterLoop stores poison records in order, retrying until the DLQ takes
-// each one: a record that cannot be dead-lettered is never done.
+// deadLetterLoop stores poison records, retrying each until the DLQ takes it:
+// a record that cannot be dead-lettered is never done. The records queued at
+// one moment (up to deadLetterBatch) are stored concurrently, so a DLQ with a
+// network round trip per record still keeps up with a poison flood.
 func (p *Pipeline) deadLetterLoop(ctx context.Context, lanesDone <-chan struct{}) error {
 	for {
-		var it *item
+		var first *item
 		select {
-		case it = <-p.deadQueue:
+		case first = <-p.deadQueue:
 		case <-lanesDone:
 			select {
-			case it = <-p.deadQueue:
+			case first = <-p.deadQueue:
 			default:
 				return nil
 			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		b := p.backoff()
-		for {
-			err := p.dlq.DeadLetter(ctx, it.rec, it.cause)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			d := b.next(0)
-			p.log.Warn("dead-letter write failed; retrying, the record stays uncommitted",
-				zap.Stringer("partition", it.rec.Part()), zap.Int64("offset", it.rec.Offset), zap.Duration("backoff", d), zap.Error(err))
-			if err := sleep(ctx, d); err != nil {
-				return err
+		batch := []*item{first}
+	more:
+		for len(batch) < deadLetterBatch {
+			select {
+			case it := <-p.deadQueue:
+				batch = append(batch, it)
+			default:
+				break more
 			}
 		}
-		p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
-		p.deadLettered.Add(1)
-		p.finish([]*record.Record{it.rec})
+		g, gctx := errgroup.WithContext(ctx)
+		for _, it := range batch {
+			g.Go(func() error { return p.storeDeadLetter(gctx, it) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		for _, it := range batch {
+			p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
+			p.deadLettered.Add(1)
+		}
+		rs := make([]*record.Record, len(batch))
+		for i, it := range batch {
+			rs[i] = it.rec
+		}
+		p.finish(rs)
+	}
+}
+
+// deadLetterBatch bounds the dead letters stored concurrently.
+const deadLetterBatch = 256
+
+func (p *Pipeline) storeDeadLetter(ctx context.Context, it *item) error {
+	b := p.backoff()
+	for {
+		err := p.dlq.DeadLetter(ctx, it.rec, it.cause)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := b.next(0)
+		p.log.Warn("dead-letter write failed; retrying, the record stays uncommitted",
+			zap.Stringer("partition", it.rec.Part()), zap.Int64("offset", it.rec.Offset), zap.Duration("backoff", d), zap.Error(err))
+		if err := sleep(ctx, d); err != nil {
+			return err
+		}
 	}
 }
 

@@ -73,9 +73,13 @@ func start(t *testing.T, cfg *config.Config) *running {
 	return r
 }
 
-// produceOrders writes n orders with ids 0..n-1 spread over the topic's
-// partitions by key, and returns the end offset of every partition.
+// produceOrders writes n records value(0..n-1), keyed by key(i) (by i when
+// key is nil), so they spread over the topic's partitions by key.
 func produceOrders(t *testing.T, brokers []string, topic string, n int, value func(i int) []byte) {
+	produceKeyed(t, brokers, topic, n, nil, value)
+}
+
+func produceKeyed(t *testing.T, brokers []string, topic string, n int, key func(i int) []byte, value func(i int) []byte) {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
 		kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerLinger(5*time.Millisecond))
@@ -87,7 +91,11 @@ func produceOrders(t *testing.T, brokers []string, topic string, n int, value fu
 	for from := 0; from < n; from += chunk {
 		recs := make([]*kgo.Record, 0, chunk)
 		for i := from; i < min(n, from+chunk); i++ {
-			recs = append(recs, &kgo.Record{Key: []byte(fmt.Sprint(i)), Value: value(i)})
+			k := []byte(fmt.Sprint(i))
+			if key != nil {
+				k = key(i)
+			}
+			recs = append(recs, &kgo.Record{Key: k, Value: value(i)})
 		}
 		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
 			t.Fatalf("produce: %v", err)
@@ -176,7 +184,13 @@ func TestPipelineKeepsPerPartitionOrder(t *testing.T) {
 	// Key 7 is updated 1,000 times (always the same partition, by key); 30,000
 	// other orders keep all lanes busy around it.
 	const updates = 1000
-	produceOrders(t, brokers, topic, 31000, func(i int) []byte {
+	keyed7 := func(i int) []byte {
+		if i%31 == 0 {
+			return []byte("7")
+		}
+		return []byte(fmt.Sprint(i))
+	}
+	produceKeyed(t, brokers, topic, 31000, keyed7, func(i int) []byte {
 		if i%31 == 0 {
 			return fmt.Appendf(nil, `{"id":7,"amount":1.00,"seq":%d}`, i/31+1)
 		}

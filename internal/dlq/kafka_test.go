@@ -1,0 +1,100 @@
+package dlq
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/record"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var _ flow.DeadLetterer = (*Kafka)(nil)
+var _ flow.DeadLetterer = (*Log)(nil)
+
+func TestKafkaDeadLetterKeepsTheRecordAndAddsHeaders(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, err := NewKafka("orders.dlq", kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	if err := k.Ensure(t.Context()); err != nil {
+		t.Fatalf("Ensure created no topic: %v", err)
+	}
+	ts := time.UnixMilli(1_700_000_000_123)
+	r := &record.Record{Topic: "orders", Partition: 2, Offset: 41, Timestamp: ts, Key: []byte("k1"), Value: []byte(`{"id":`),
+		Headers: []record.Header{{Key: "trace", Value: []byte("abc")}}}
+	cause := &flow.PoisonError{Reason: flow.ReasonSinkRejected, Code: "23502",
+		Err: errors.New(`insert via postgres://sluice:hunter2@db:5432/x failed; password=hunter2 null value in column "id"`)}
+	if err := k.DeadLetter(t.Context(), r, cause); err != nil {
+		t.Fatal(err)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("orders.dlq"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	fs := cl.PollFetches(ctx)
+	if err := fs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	recs := fs.Records()
+	if len(recs) != 1 {
+		t.Fatalf("%d records in the DLQ, want 1", len(recs))
+	}
+	got := recs[0]
+	if string(got.Key) != "k1" || string(got.Value) != `{"id":` {
+		t.Errorf("key/value changed: %q %q", got.Key, got.Value)
+	}
+	h := map[string]string{}
+	for _, x := range got.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	want := map[string]string{
+		"trace": "abc", HeaderTopic: "orders", HeaderPartition: "2", HeaderOffset: "41",
+		HeaderTimestamp: "1700000000123", HeaderReason: "sink_rejected", HeaderCode: "23502", HeaderAttempts: "1",
+	}
+	for key, v := range want {
+		if h[key] != v {
+			t.Errorf("header %s = %q, want %q", key, h[key], v)
+		}
+	}
+	if _, err := time.Parse(time.RFC3339Nano, h[HeaderFailedAt]); err != nil {
+		t.Errorf("%s = %q: %v", HeaderFailedAt, h[HeaderFailedAt], err)
+	}
+	if msg := h[HeaderMessage]; strings.Contains(msg, "hunter2") || !strings.Contains(msg, `null value in column "id"`) {
+		t.Errorf("%s = %q: must keep the reason and drop the secret", HeaderMessage, msg)
+	}
+}
+
+func TestScrub(t *testing.T) {
+	for _, tc := range []struct{ in, out string }{
+		{"dial postgres://u:pw@h:5432/db: refused", "dial postgres://[redacted]@h:5432/db: refused"},
+		{"host=h user=u password=s3cret dbname=x", "host=h user=u password=[redacted] dbname=x"},
+		{"plain message", "plain message"},
+	} {
+		if got := Scrub(tc.in); got != tc.out {
+			t.Errorf("Scrub(%q) = %q, want %q", tc.in, got, tc.out)
+		}
+	}
+	if got := Scrub(strings.Repeat("x", 5000)); len(got) > maxMessage+4 {
+		t.Errorf("Scrub kept %d bytes, bound %d", len(got), maxMessage)
+	}
+}
