@@ -51,7 +51,7 @@ WHERE c.oid = pg_catalog.to_regclass($1)`, name).Scan(
 	}
 
 	rows, err := conn.Query(ctx, `
-WITH RECURSIVE base(attnum, typ, notnull, depth) AS (
+WITH RECURSIVE base(attnum, typ, domain_not_null, depth) AS (
     SELECT a.attnum, a.atttypid, false, 0
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
@@ -63,7 +63,7 @@ WITH RECURSIVE base(attnum, typ, notnull, depth) AS (
 SELECT a.attname,
        (SELECT b.typ FROM base b WHERE b.attnum = a.attnum ORDER BY b.depth DESC LIMIT 1),
        pg_catalog.format_type(a.atttypid, a.atttypmod),
-       a.attnotnull OR EXISTS (SELECT 1 FROM base b WHERE b.attnum = a.attnum AND b.notnull),
+       a.attnotnull OR EXISTS (SELECT 1 FROM base b WHERE b.attnum = a.attnum AND b.domain_not_null),
        a.attgenerated <> ''
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped

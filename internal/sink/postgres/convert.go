@@ -180,8 +180,11 @@ func fromJSON(k kind, res gjson.Result, value []byte) (any, problem) {
 			return toNumeric(res.Raw)
 		case kindTimestamptz, kindTimestamp, kindDate:
 			ms, p := parseInteger(res.Raw)
-			if p != "" {
+			switch {
+			case p == "not an integer":
 				return nil, p + " (epoch milliseconds are integers)"
+			case p != "":
+				return nil, "out of range for epoch milliseconds (years 1 to 9999)"
 			}
 			return fromEpochMillis(k, ms)
 		case kindText:

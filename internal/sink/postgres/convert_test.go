@@ -158,7 +158,7 @@ func TestConvertJSON(t *testing.T) {
 		{"timestamptz epoch millis", pgtype.TimestamptzOID, false, `1704164645123`, utc(2024, 1, 2, 3, 4, 5, 123e6), ""},
 		{"timestamptz without offset", pgtype.TimestamptzOID, false, `"2024-01-02T03:04:05"`, nil, "want an RFC 3339 timestamp with a UTC offset"},
 		{"timestamptz fractional millis", pgtype.TimestamptzOID, false, `1704164645123.5`, nil, "not an integer (epoch milliseconds are integers)"},
-		{"timestamptz millis out of range", pgtype.TimestamptzOID, false, `1e17`, nil, "out of range"},
+		{"timestamptz millis out of range", pgtype.TimestamptzOID, false, `1e17`, nil, "found number 1e17, out of range for epoch milliseconds"},
 		{"timestamptz millis year 10000", pgtype.TimestamptzOID, false, `253402300800000`, nil, "out of range for epoch milliseconds"},
 		{"timestamptz words", pgtype.TimestamptzOID, false, `"yesterday"`, nil, `found string "yesterday", want an RFC 3339`},
 		{"timestamptz bool", pgtype.TimestamptzOID, false, `true`, nil, "want an RFC 3339"},
