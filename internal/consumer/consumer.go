@@ -11,12 +11,14 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -654,6 +656,9 @@ func (c *Consumer) Stats() []PartitionStats {
 		out = append(out, s)
 	}
 	c.mu.Unlock()
+	slices.SortFunc(out, func(a, b PartitionStats) int {
+		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
+	})
 	c.pauseMu.Lock()
 	for i := range out {
 		r := c.paused[record.Partition{Topic: out[i].Topic, Partition: out[i].Partition}]
