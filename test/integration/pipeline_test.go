@@ -139,6 +139,18 @@ func count(t *testing.T, conn *pgx.Conn, query string) int64 {
 	return n
 }
 
+// waitRows waits, at most a minute, until table holds at least min rows.
+func waitRows(t *testing.T, conn *pgx.Conn, table string, min int64) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for count(t, conn, "SELECT count(*) FROM "+table) < min {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d rows in %s after a minute", min, table)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 const ordersTable = "(id bigint NOT NULL, amount numeric(12,2), seq bigint, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL)"
 
 func TestPipeline100kOverSixPartitions(t *testing.T) {
@@ -286,18 +298,9 @@ func TestPipelineMembersJoinAndLeaveUnderLoad(t *testing.T) {
 	cfg.Flow.RateLimit = config.RateLimit{RecordsPerSecond: 8000, Burst: 200} // keep it mid-stream when the group changes
 	a := start(t, cfg)
 	conn := testenv.Postgres(t, dsn)
-	waitRows := func(min int64) {
-		deadline := time.Now().Add(time.Minute)
-		for count(t, conn, "SELECT count(*) FROM "+table) < min {
-			if time.Now().After(deadline) {
-				t.Fatalf("fewer than %d rows after a minute", min)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	waitRows(5000)
+	waitRows(t, conn, table, 5000)
 	b := start(t, cfg) // joins: partitions move from a to b, a's revoked batches finish first
-	waitRows(20000)
+	waitRows(t, conn, table, 20000)
 	if err := a.stop(); err != nil { // leaves mid-stream
 		t.Fatalf("first member stopped with %v", err)
 	}

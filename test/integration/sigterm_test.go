@@ -85,13 +85,7 @@ observability: {listen: "127.0.0.1:0", log_level: info, log_format: json}
 
 	cmd, _ := startBinary(t, bin, cfgPath)
 	conn := testenv.Postgres(t, dsn)
-	deadline := time.Now().Add(time.Minute)
-	for count(t, conn, "SELECT count(*) FROM "+table) < 10000 {
-		if time.Now().After(deadline) {
-			t.Fatal("sluice wrote fewer than 10,000 rows in a minute")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitRows(t, conn, table, 10000)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
