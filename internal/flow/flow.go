@@ -19,8 +19,9 @@ import (
 )
 
 // Mapper turns one record into one row for the sink. It runs on a worker
-// goroutine, is called concurrently, and should honour ctx (its deadline is the
-// record timeout). An error that wraps a *PoisonError sends the record to the
+// goroutine, is called concurrently, and should honour ctx: it is cancelled
+// when the record exceeds the record timeout (the record is then already
+// dead-lettered with reason timeout) or when the pipeline stops. An error that wraps a *PoisonError sends the record to the
 // dead-letter queue; any other error is treated as a mapping poison too, since a
 // mapper has nothing but the record to fail on.
 type Mapper interface {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/record"
@@ -41,6 +42,10 @@ type Gate struct {
 	paused    []record.Partition // paused by the gate, released on resume
 	pauses    int64
 	changed   chan struct{} // closed and replaced whenever usage falls
+
+	// Lock-free mirrors of full for the lanes, which look at every record.
+	fullNow atomic.Bool
+	fullSig atomic.Pointer[chan struct{}] // closed when the gate becomes full
 }
 
 type usage struct {
@@ -52,8 +57,17 @@ type usage struct {
 // pause, as in tests of the flow alone).
 func NewGate(cfg GateConfig, pauser Pauser, m *metrics.Metrics) *Gate {
 	m.BufferCapacityBytes.Set(float64(cfg.MaxBytes))
-	return &Gate{cfg: cfg, pauser: pauser, metrics: m, byPart: map[record.Partition]*usage{}, changed: make(chan struct{})}
+	g := &Gate{cfg: cfg, pauser: pauser, metrics: m, byPart: map[record.Partition]*usage{}, changed: make(chan struct{})}
+	sig := make(chan struct{})
+	g.fullSig.Store(&sig)
+	return g
 }
+
+// isFull is Full without the lock.
+func (g *Gate) isFull() bool { return g.fullNow.Load() }
+
+// fullSignal returns a channel that is closed when the gate becomes full.
+func (g *Gate) fullSignal() <-chan struct{} { return *g.fullSig.Load() }
 
 // Room reports whether r fits in the budget now. A record that does not fit
 // makes the gate full (see Gate). An empty gate always has room, so a single
@@ -146,6 +160,9 @@ func (g *Gate) Release(rs ...*record.Record) {
 	if g.full && float64(g.records) < g.cfg.ResumeAt*float64(g.cfg.MaxRecords) &&
 		float64(g.bytes) < g.cfg.ResumeAt*float64(g.cfg.MaxBytes) {
 		g.full = false
+		g.fullNow.Store(false)
+		sig := make(chan struct{})
+		g.fullSig.Store(&sig)
 		if g.pauser != nil && len(g.paused) > 0 {
 			g.pauser.ResumeForGate(g.paused)
 		}
@@ -192,6 +209,8 @@ func (g *Gate) fill(blocked record.Partition) {
 		return
 	}
 	g.full = true
+	g.fullNow.Store(true)
+	close(*g.fullSig.Load())
 	g.pauses++
 	ps := make([]record.Partition, 0, len(g.byPart)+1)
 	for p := range g.byPart {

@@ -22,8 +22,12 @@ type lane struct {
 }
 
 // batch takes settled items from the head of the queue, so rows keep their
-// order, and flushes by rows, bytes or linger. Poison records go to the
-// dead-letter stage without holding up the rows behind them.
+// order, and hands batches to the lane's writer. A batch that reached
+// max_records or max_bytes waits for the writer; one whose linger expired, or
+// any open batch while the gate is full, goes as soon as the writer is free and
+// keeps growing until then. (Waiting for linger while the gate is full would
+// stall: the budget can be smaller than lanes x max_records.) Poison records go
+// to the dead-letter stage without holding up the rows behind them.
 func (l *lane) batch(ctx context.Context) error {
 	defer close(l.out)
 	cfg := l.p.cfg.Batch
@@ -32,6 +36,7 @@ func (l *lane) batch(ctx context.Context) error {
 		open      *record.Batch
 		linger    *time.Timer
 		lingerC   <-chan time.Time
+		expired   bool // the open batch's linger passed
 		queueOpen = true
 	)
 	defer func() {
@@ -39,17 +44,19 @@ func (l *lane) batch(ctx context.Context) error {
 			linger.Stop()
 		}
 	}()
-	flush := func() error {
-		if open == nil {
-			return nil
-		}
-		b := open
-		open, lingerC = nil, nil
+	sent := func() {
+		open, lingerC, expired = nil, nil, false
 		if linger != nil {
 			linger.Stop()
 		}
+	}
+	send := func() error { // waits for the writer
+		if open == nil {
+			return nil
+		}
 		select {
-		case l.out <- b:
+		case l.out <- open:
+			sent()
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -84,7 +91,7 @@ func (l *lane) batch(ctx context.Context) error {
 				open.Bytes += head.rec.Size()
 				head = nil
 				if len(open.Rows) >= cfg.MaxRecords || (cfg.MaxBytes > 0 && open.Bytes >= cfg.MaxBytes) {
-					if err := flush(); err != nil {
+					if err := send(); err != nil {
 						return err
 					}
 				}
@@ -99,11 +106,20 @@ func (l *lane) batch(ctx context.Context) error {
 			}
 		}
 		if head == nil && !queueOpen {
-			return flush() // input closed and drained: no reason to linger
+			return send() // input closed and drained: no reason to linger
 		}
 		var q chan *item
 		if head == nil {
 			q = l.queue
+		}
+		var out chan<- *record.Batch
+		var full <-chan struct{}
+		if open != nil {
+			if expired || l.p.gate.isFull() {
+				out = l.out
+			} else {
+				full = l.p.gate.fullSignal()
+			}
 		}
 		select {
 		case it, ok := <-q:
@@ -114,10 +130,10 @@ func (l *lane) batch(ctx context.Context) error {
 			}
 		case <-l.wake:
 		case <-lingerC:
-			lingerC = nil
-			if err := flush(); err != nil {
-				return err
-			}
+			lingerC, expired = nil, true
+		case <-full:
+		case out <- open:
+			sent()
 		case <-ctx.Done():
 			return ctx.Err()
 		}

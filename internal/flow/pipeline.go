@@ -221,10 +221,16 @@ type worker struct {
 	current   atomic.Pointer[item]
 	since     atomic.Int64 // unix nanos when current started
 	abandoned atomic.Bool
+	// ctx is the mapper's context: the pipeline's, cancelled as well when the
+	// watchdog abandons the worker. One per worker, not per record: a timer per
+	// record cost a tenth of the pipeline's CPU.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func (p *Pipeline) startWorker(ctx context.Context, wg *sync.WaitGroup) {
 	w := &worker{}
+	w.ctx, w.cancel = context.WithCancel(ctx)
 	p.wmu.Lock()
 	p.workers = append(p.workers, w)
 	p.wmu.Unlock()
@@ -232,6 +238,7 @@ func (p *Pipeline) startWorker(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
+	defer w.cancel()
 	for {
 		var it *item
 		var ok bool
@@ -245,7 +252,7 @@ func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
 		}
 		w.since.Store(p.now().UnixNano())
 		w.current.Store(it)
-		row, err := p.mapRecord(ctx, it.rec)
+		row, err := p.mapper.Map(w.ctx, it.rec)
 		w.current.Store(nil)
 		if err != nil && ctx.Err() != nil {
 			// The pipeline is stopping: the error is not the record's fault.
@@ -264,21 +271,6 @@ func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
 			return
 		}
 	}
-}
-
-// mapRecord maps r under the record timeout: the mapper's ctx ends when the
-// timeout passes, and a failure after that is a timeout.
-func (p *Pipeline) mapRecord(ctx context.Context, r *record.Record) (record.Row, error) {
-	if p.cfg.RecordTimeout <= 0 {
-		return p.mapper.Map(ctx, r)
-	}
-	mctx, cancel := context.WithTimeout(ctx, p.cfg.RecordTimeout)
-	defer cancel()
-	row, err := p.mapper.Map(mctx, r)
-	if err != nil && ctx.Err() == nil && mctx.Err() != nil {
-		return nil, p.timedOut()
-	}
-	return row, err
 }
 
 // timedOut is the cause of a record that exceeded the record timeout.
@@ -310,6 +302,7 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 			if it != nil && w.since.Load() <= deadline && !w.abandoned.Load() {
 				if it.settle(nil, p.timedOut()) {
 					w.abandoned.Store(true)
+					w.cancel() // a mapper that honours ctx returns now
 					stuck++
 					continue
 				}
