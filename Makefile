@@ -59,3 +59,11 @@ lint:
 
 docker-build:
 	docker build -t sluice:dev .
+
+# sluice's insert-mode throughput next to a raw pgx CopyFrom ceiling, measured
+# in one run against the test environment; writes BENCHMARKS.md. Extra flags go
+# in BENCHFLAGS, e.g. make bench BENCHFLAGS='-records 100000'.
+.PHONY: bench
+bench: env-up
+	@source test/env/.state/env.sh; \
+	$(GO) run ./test/bench -out BENCHMARKS.md $(BENCHFLAGS)
