@@ -63,6 +63,7 @@ type Pipeline struct {
 	laneOf      map[record.Partition]*lane
 	closed      bool
 	inputClosed atomic.Bool
+	closedCh    chan struct{} // closed by CloseInput
 	drained     chan struct{}
 
 	workers []*worker
@@ -85,7 +86,7 @@ func WithClock(now func() time.Time) Option { return func(p *Pipeline) { p.now =
 // New returns a pipeline. It starts nothing; Run does.
 func New(cfg Config, gate *Gate, mapper Mapper, sink Sink, dlq DeadLetterer, committer Committer, m *metrics.Metrics, opts ...Option) *Pipeline {
 	p := &Pipeline{cfg: cfg, gate: gate, mapper: mapper, sink: sink, dlq: dlq, committer: committer, metrics: m,
-		log: zap.NewNop(), now: time.Now, laneOf: map[record.Partition]*lane{}, drained: make(chan struct{})}
+		log: zap.NewNop(), now: time.Now, laneOf: map[record.Partition]*lane{}, drained: make(chan struct{}), closedCh: make(chan struct{})}
 	for _, o := range opts {
 		o(p)
 	}
@@ -169,6 +170,7 @@ func (p *Pipeline) CloseInput() {
 	}
 	p.closed = true
 	p.inputClosed.Store(true)
+	close(p.closedCh)
 	close(p.work)
 	for _, l := range p.lanes {
 		close(l.queue)
@@ -283,11 +285,17 @@ func (p *Pipeline) timedOut() *PoisonError {
 func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 	tick := time.NewTicker(max(p.cfg.RecordTimeout/4, time.Millisecond))
 	defer tick.Stop()
+	closed := p.closedCh
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-closed:
+			// Input is closed: look often, so the watchdog's exit does not
+			// hold up the shutdown by a quarter of the record timeout.
+			closed = nil
+			tick.Reset(min(max(p.cfg.RecordTimeout/4, time.Millisecond), 20*time.Millisecond))
 		}
 		deadline := p.now().Add(-p.cfg.RecordTimeout).UnixNano()
 		p.wmu.Lock()
