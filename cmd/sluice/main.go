@@ -90,6 +90,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(runCmd(), validateCmd(), versionCmd(), demoCmd())
+	root.AddCommand(dlqCmd())
 	return root
 }
 
