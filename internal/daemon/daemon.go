@@ -3,8 +3,13 @@
 // with an ordered shutdown (stop polling, drain, commit, leave the group, stop
 // serving). cmd/sluice's run and demo commands both start sluice through it.
 //
+// The sink is wrapped in a circuit breaker (package sink): when it opens, every
+// assigned partition is paused and readiness fails; when it closes, they
+// resume.
+//
 // Concurrency contract: Run returns only after every goroutine it started has
-// stopped. Stats and Ready may be called from any goroutine while Run runs.
+// stopped. Stats, Ready and Breaker may be called from any goroutine while Run
+// runs.
 package daemon
 
 import (
@@ -27,6 +32,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/obs"
 	"github.com/sluicehq/sluice/internal/record"
+	"github.com/sluicehq/sluice/internal/sink"
 	"github.com/sluicehq/sluice/internal/sink/file"
 	"github.com/sluicehq/sluice/internal/sink/postgres"
 )
@@ -36,7 +42,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Registry receives every metric; nil creates one.
 	Registry *prometheus.Registry
-	// WrapSink wraps the configured sink (the demo slows and fails it).
+	// WrapSink wraps the configured sink (the demo slows and fails it). The
+	// circuit breaker wraps the result, so the wrapper's failures open it.
 	WrapSink func(flow.Sink) flow.Sink
 	// DeadLetterer replaces the configured dead-letterer.
 	DeadLetterer flow.DeadLetterer
@@ -54,6 +61,7 @@ type Daemon struct {
 	metrics  *metrics.Metrics
 	gate     *flow.Gate
 	pipe     *flow.Pipeline
+	breaker  *sink.Breaker
 	consumer *consumer.Consumer
 	server   *obs.Server
 	ping     func(context.Context) error
@@ -105,10 +113,12 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sink flow.Sink = s
+	var inner flow.Sink = s
 	if o.WrapSink != nil {
-		sink = o.WrapSink(sink)
+		inner = o.WrapSink(inner)
 	}
+	d.breaker = sink.NewBreaker(inner, cfg.Sink.Breaker, cfg.Sink.Concurrency,
+		sink.WithMetrics(d.metrics, cfg.Sink.Type), sink.OnTransition(d.breakerChanged), sink.OnProbe(d.breakerProbed))
 	dl := o.DeadLetterer
 	if dl == nil {
 		k, err := openDLQ(ctx, cfg, o.KafkaOpts)
@@ -140,7 +150,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		Retry:            flow.RetryConfig{Initial: cfg.Sink.Retry.InitialBackoff, Max: cfg.Sink.Retry.MaxBackoff},
 		RecordsPerSecond: cfg.Flow.RateLimit.RecordsPerSecond,
 		Burst:            cfg.Flow.RateLimit.Burst,
-	}, d.gate, s, sink, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
+	}, d.gate, s, d.breaker, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
 
 	c, err := consumer.New(consumer.Options{
 		Kafka:           cfg.Kafka,
@@ -221,6 +231,46 @@ func (d *Daemon) close() {
 	}
 }
 
+// breakerChanged pauses every assigned partition when the breaker opens and
+// resumes them when it closes. It runs with the breaker's lock held (see
+// package sink): it only logs and flips the consumer's pause set.
+func (d *Daemon) breakerChanged(t sink.Transition) {
+	br, log := d.cfg.Sink.Breaker, d.log.Named("breaker")
+	switch t.To {
+	case sink.StateOpen:
+		if d.consumer != nil {
+			d.consumer.PauseAll()
+		}
+		log.Error("circuit breaker open: sink writes fail fast and every assigned partition is paused",
+			zap.Stringer("from", t.From), zap.Duration("open_for", br.OpenFor), zap.Time("open_since", t.OpenSince), zap.Error(t.Err))
+	case sink.StateHalfOpen:
+		log.Warn("circuit breaker half-open: probing the sink with the batches in flight; partitions stay paused until a probe succeeds",
+			zap.Int("probes_in_flight", d.breaker.HalfOpenLimit()), zap.Int("successes_to_close", br.HalfOpenSuccesses))
+	case sink.StateClosed:
+		if d.consumer != nil {
+			d.consumer.ResumeAll()
+		}
+		log.Info("circuit breaker closed: the sink recovered; partitions resume",
+			zap.Duration("outage", t.At.Sub(t.OpenSince)))
+	}
+}
+
+// breakerProbed resumes the partitions once a half-open probe succeeded: the
+// sink answers again, and the batches in flight alone may be too few to reach
+// half_open_successes. The breaker still lets only its share of writes
+// through, and the gate bounds what is buffered.
+func (d *Daemon) breakerProbed(int) {
+	if d.consumer != nil {
+		d.consumer.ResumeAll()
+	}
+}
+
+// Metrics returns sluice's metrics (tests read them).
+func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
+
+// Breaker returns the sink's circuit breaker.
+func (d *Daemon) Breaker() *sink.Breaker { return d.breaker }
+
 // Addr returns the observability server's bound address once it listens.
 func (d *Daemon) Addr() string { return d.server.Addr() }
 
@@ -280,13 +330,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 // Ready reports why sluice is not ready, or nil: the group is joined, the sink
-// answers, and no fatal error stopped the pipeline.
+// answers, its circuit breaker is closed, and no fatal error stopped the
+// pipeline.
 func (d *Daemon) Ready() error {
+	// The fatal error first: it is why sluice is shutting down.
+	if err := d.pipe.Fatal(); err != nil {
+		return fmt.Errorf("sink stopped: %w", err)
+	}
 	if d.stopping.Load() {
 		return errors.New("shutting down")
 	}
-	if err := d.pipe.Fatal(); err != nil {
-		return fmt.Errorf("sink stopped: %w", err)
+	if st := d.breaker.Status(); st.State != sink.StateClosed {
+		what := "circuit breaker open since " + st.OpenSince.UTC().Format(time.RFC3339)
+		if st.State == sink.StateHalfOpen {
+			what += " (half-open since " + st.Since.UTC().Format(time.RFC3339) + ", probing)"
+		}
+		return fmt.Errorf("%s: %v", what, st.LastError)
 	}
 	select {
 	case <-d.consumer.Joined():
@@ -314,7 +373,19 @@ type Status struct {
 	Consumed      int64                     `json:"records_consumed"`
 	Written       int64                     `json:"records_written"`
 	DeadLettered  int64                     `json:"records_dead_lettered"`
+	Breaker       BreakerStatus             `json:"breaker"`
 	Partitions    []consumer.PartitionStats `json:"partitions"`
+}
+
+// BreakerStatus is the sink's circuit breaker.
+type BreakerStatus struct {
+	State string    `json:"state"` // closed | half-open | open
+	Opens int64     `json:"opens"` // since start
+	Since time.Time `json:"since"` // when it entered State
+	// OpenSince is when the current outage began (the breaker opened from
+	// closed); absent while closed.
+	OpenSince *time.Time `json:"open_since,omitempty"`
+	LastError string     `json:"last_error,omitempty"` // the sink's last transient failure
 }
 
 // BufferStatus is the gate's use.
@@ -339,6 +410,15 @@ func (d *Daemon) Stats() Status {
 			PeakBytes: gs.PeakBytes, Full: gs.Full, Pauses: gs.Pauses,
 			Utilization: max(float64(gs.Records)/float64(max(gs.MaxRecords, 1)), float64(gs.Bytes)/float64(max(gs.MaxBytes, 1)))},
 		Consumed: n.Consumed, Written: n.Written, DeadLettered: n.DeadLettered, Partitions: d.consumer.Stats(),
+	}
+	bs := d.breaker.Status()
+	s.Breaker = BreakerStatus{State: bs.State.String(), Opens: bs.Opens, Since: bs.Since.UTC()}
+	if !bs.OpenSince.IsZero() {
+		at := bs.OpenSince.UTC()
+		s.Breaker.OpenSince = &at
+	}
+	if bs.LastError != nil {
+		s.Breaker.LastError = bs.LastError.Error()
 	}
 	if err := d.Ready(); err != nil {
 		s.NotReady = err.Error()

@@ -1,8 +1,9 @@
 // Package demo runs sluice's real pipeline against an in-process Kafka
 // (franz-go's kfake) with a synthetic producer, so a newcomer sees it work with
 // nothing installed: poison records go to the dead-letter queue, a slow-sink
-// phase fills the buffer and pauses partitions, a failing-sink phase shows the
-// retries, and at the end every produced record is accounted for.
+// phase fills the buffer and pauses partitions, a failing-sink phase opens the
+// circuit breaker (every partition paused) until the recovered phase closes it,
+// and at the end every produced record is accounted for.
 //
 // Run owns every goroutine it starts and returns after all have stopped.
 package demo
@@ -63,6 +64,7 @@ type Summary struct {
 	Uncommitted     int64  `json:"uncommitted"`
 	Pauses          int64  `json:"pauses"`
 	BreakerOpens    int64  `json:"breaker_opens"`
+	BreakerState    string `json:"breaker_state"` // at the end: closed unless the sink never recovered
 	SinkRetries     int64  `json:"sink_retries"`
 	PeakBufferBytes int64  `json:"peak_buffer_bytes"`
 	BudgetBytes     int64  `json:"budget_bytes"`
@@ -118,6 +120,9 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	cfg.Sink.Batch = config.Batch{MaxRecords: 500, MaxBytes: 256 * config.KiB, Linger: 100 * time.Millisecond}
 	cfg.Sink.WriteTimeout = 5 * time.Second
 	cfg.Sink.Retry = config.Retry{InitialBackoff: 50 * time.Millisecond, MaxBackoff: 1 * time.Second}
+	// Quick to open and to probe, so the failing phase (15% of the run) opens
+	// it and the recovered phase closes it within a second or two.
+	cfg.Sink.Breaker = config.Breaker{FailureThreshold: 3, OpenFor: time.Second, HalfOpenSuccesses: 2, HalfOpenShare: 0.05}
 	cfg.Commit.Interval = 500 * time.Millisecond
 	cfg.ShutdownTimeout = 10 * time.Second
 	cfg.Observability.Listen = o.Listen
@@ -186,7 +191,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 			switch {
 			case frac < 0.25:
 				phase.Store(phaseNormal)
-			case frac < 0.45:
+			case frac < 0.40:
 				phase.Store(phaseSlow)
 			case frac < 0.55:
 				phase.Store(phaseFailing)
@@ -204,9 +209,9 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 					lag += p.Lag
 				}
 			}
-			fmt.Fprintf(o.Out, "t=%3.0fs phase=%-13s produced=%-7d consumed/s=%-6d written/s=%-6d buffer=%3.0f%% paused=%d/%d lag=%-6d dlq=%-4d retries=%d\n",
+			fmt.Fprintf(o.Out, "t=%3.0fs phase=%-13s produced=%-7d consumed/s=%-6d written/s=%-6d buffer=%3.0f%% paused=%d/%d lag=%-6d dlq=%-4d retries=%-4d breaker=%s (opens %d)\n",
 				el.Seconds(), phaseNames[phase.Load()], prod.count(), c-lastC, st.Written-lastW, st.Buffer.Utilization*100,
-				paused, len(st.Partitions), lag, st.DeadLettered, wrapped.failures.Load())
+				paused, len(st.Partitions), lag, st.DeadLettered, wrapped.failures.Load(), st.Breaker.State, st.Breaker.Opens)
 			lastC, lastW = c, st.Written
 			if el >= o.Duration {
 				stopRun()
@@ -226,6 +231,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	sum.Pauses = st.Buffer.Pauses
 	sum.PeakBufferBytes, sum.BudgetBytes = st.Buffer.PeakBytes, st.Buffer.MaxBytes
 	sum.SinkRetries = wrapped.failures.Load()
+	sum.BreakerOpens, sum.BreakerState = st.Breaker.Opens, st.Breaker.State
 
 	committed, err := committedOffsets(brokers)
 	if err != nil {
@@ -259,7 +265,8 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	return sum, nil
 }
 
-// phasedSink slows or fails the real sink according to the demo's phase.
+// phasedSink slows or fails the real sink according to the demo's phase. The
+// daemon's circuit breaker wraps it, so its failures open the breaker.
 type phasedSink struct {
 	inner    flow.Sink
 	phase    *atomic.Int32

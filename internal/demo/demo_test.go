@@ -13,7 +13,8 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The demo is the real pipeline end to end on kfake: it must account for every
-// produced record, dead-letter exactly the poison, and show backpressure.
+// produced record, dead-letter exactly the poison, show backpressure, and open
+// the circuit breaker in the failing phase and close it in the recovered one.
 func TestDemoLosesNothingAndShowsBackpressure(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the 12 s demo")
@@ -40,6 +41,15 @@ func TestDemoLosesNothingAndShowsBackpressure(t *testing.T) {
 	}
 	if sum.SinkRetries == 0 {
 		t.Error("the failing-sink phase never failed a write")
+	}
+	if sum.BreakerOpens < 1 {
+		t.Error("the failing-sink phase never opened the circuit breaker")
+	}
+	if sum.BreakerState != "closed" {
+		t.Errorf("the circuit breaker is %q at the end, want closed after the recovered phase", sum.BreakerState)
+	}
+	if !strings.Contains(out.String(), "breaker=open") && !strings.Contains(out.String(), "breaker=half-open") {
+		t.Errorf("no status line shows the breaker open:\n%s", out.String())
 	}
 	if sum.PeakBufferBytes > sum.BudgetBytes {
 		t.Errorf("buffer peaked at %d bytes, budget %d", sum.PeakBufferBytes, sum.BudgetBytes)
