@@ -1,3 +1,8 @@
+// Package dlq stores the records sluice cannot write in the dead-letter topic
+// (Kafka, with the sluice.* headers) and replays them back to their topics.
+//
+// Kafka's DeadLetter and Replay are safe for concurrent use by many
+// goroutines; Replay runs until its range is done or its ctx ends.
 package dlq
 
 import (

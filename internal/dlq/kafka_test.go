@@ -18,7 +18,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var _ flow.DeadLetterer = (*Kafka)(nil)
-var _ flow.DeadLetterer = (*Log)(nil)
 
 func TestKafkaDeadLetterKeepsTheRecordAndAddsHeaders(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "orders"))
