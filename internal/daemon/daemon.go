@@ -34,6 +34,7 @@ import (
 	"github.com/sluicehq/sluice/internal/record"
 	"github.com/sluicehq/sluice/internal/sink"
 	"github.com/sluicehq/sluice/internal/sink/file"
+	httpsink "github.com/sluicehq/sluice/internal/sink/http"
 	"github.com/sluicehq/sluice/internal/sink/postgres"
 )
 
@@ -218,8 +219,17 @@ func (d *Daemon) openSink(ctx context.Context) (mapSink, error) {
 		}
 		d.closers = append(d.closers, s.Close)
 		return s, nil
+	case "http":
+		// No ping: readiness follows the breaker, which every write feeds.
+		s, err := httpsink.New(d.cfg.Sink.HTTP, httpsink.Options{
+			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Logger: d.log.Named("sink.http")})
+		if err != nil {
+			return nil, err
+		}
+		d.closers = append(d.closers, func() error { s.Close(); return nil })
+		return s, nil
 	default:
-		return nil, fmt.Errorf("sink.type: %q is not available yet (postgres and file are)", d.cfg.Sink.Type)
+		return nil, fmt.Errorf("sink.type: %q is not available (postgres, http and file are)", d.cfg.Sink.Type)
 	}
 }
 
