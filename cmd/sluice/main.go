@@ -89,7 +89,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(runCmd(), validateCmd(), versionCmd(), demoCmd())
+	root.AddCommand(runCmd(), validateCmd(), versionCmd(), demoCmd(), statusCmd())
 	root.AddCommand(dlqCmd())
 	return root
 }

@@ -1,10 +1,12 @@
 // Package consumer is sluice's Kafka side: it joins the consumer group, polls
 // records into the flow pipeline while the gate has room, pauses and resumes
 // partitions for the gate (and the breaker), tracks which records are done and
-// commits the contiguous done prefix of every partition.
+// commits the contiguous done prefix of every partition, and exports each
+// partition's lag (lag.go).
 //
-// Concurrency contract: Run owns the poll loop and the commit loop and returns
-// only after both have stopped and the client is closed. Done, PauseForGate,
+// Concurrency contract: Run owns the poll loop, the commit loop and the lag
+// refresh loop and returns only after all three have stopped and the client is
+// closed. The lag Collector may be scraped from any goroutine. Done, PauseForGate,
 // ResumeForGate, PauseAll, ResumeAll and Stats may be called from any goroutine.
 // Rebalance callbacks run on franz-go's group goroutine, never during the
 // admission of a poll (BlockRebalanceOnPoll).
@@ -19,10 +21,13 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -59,8 +64,14 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	Logger          *zap.Logger
 	Metrics         *metrics.Metrics
-	// Registerer receives franz-go's client metrics (kprom); nil skips them.
+	// Registerer receives the per-partition lag metrics (a Collector, see
+	// lag.go) and franz-go's client metrics (kprom, when it is also a
+	// Gatherer); nil skips both.
 	Registerer prometheus.Registerer
+	// LagRefreshInterval is how often high watermarks of partitions that no
+	// fetch reported lately (idle or paused) are listed from the brokers; 0
+	// means CommitInterval, within 1s to 5s.
+	LagRefreshInterval time.Duration
 	// ExtraOpts are appended to the client options (tests, the demo).
 	ExtraOpts []kgo.Opt
 }
@@ -71,6 +82,7 @@ type Consumer struct {
 	log  *zap.Logger
 	m    *metrics.Metrics
 	cl   *kgo.Client
+	adm  *kadm.Client // on cl: committed offsets and end offsets for lag
 	pipe Pipeline
 	gate Gate
 
@@ -84,7 +96,8 @@ type Consumer struct {
 	paused  map[record.Partition]pauseReason
 	breaker bool // the breaker holds every partition paused
 
-	commitMu sync.Mutex // serialises commits
+	commitMu sync.Mutex    // serialises commits
+	refresh  chan struct{} // size 1: an assignment asks the lag loop for a refresh
 	joined   chan struct{}
 	joinOnce sync.Once
 }
@@ -97,17 +110,26 @@ const (
 )
 
 type partition struct {
-	gen      uint64
-	t        tracker
-	hwm      int64 // high watermark from the latest fetch, -1 until one
-	revoking bool
+	gen   uint64
+	t     tracker
+	hwm   int64     // high watermark from the latest fetch or listing, -1 until one
+	hwmAt time.Time // when hwm was last set
+	// base is the position the group had when the partition was assigned, as
+	// the lag loop fetched it from the broker: the committed offset, or where
+	// consumption starts when the group has none. It stands in for the
+	// tracker's position until a record of this assignment is done.
+	base      int64
+	baseKnown bool
+	committed bool // base is a committed offset (not a start position)
+	revoking  bool
 }
 
 // New creates the Kafka client; it connects lazily and starts no goroutine of
 // sluice's own until Run.
 func New(opts Options, pipe Pipeline, gate Gate) (*Consumer, error) {
 	c := &Consumer{opts: opts, log: opts.Logger, m: opts.Metrics, pipe: pipe, gate: gate,
-		parts: map[record.Partition]*partition{}, paused: map[record.Partition]pauseReason{}, joined: make(chan struct{})}
+		parts: map[record.Partition]*partition{}, paused: map[record.Partition]pauseReason{},
+		refresh: make(chan struct{}, 1), joined: make(chan struct{})}
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
@@ -143,7 +165,8 @@ func New(opts Options, pipe Pipeline, gate Gate) (*Consumer, error) {
 	kopts = append(kopts, sec...)
 	if opts.Registerer != nil {
 		if rg, ok := opts.Registerer.(kprom.RegistererGatherer); ok {
-			kopts = append(kopts, kgo.WithHooks(kprom.NewMetrics("sluice_kafka", kprom.Registry(rg))))
+			kopts = append(kopts, kgo.WithHooks(kprom.NewMetrics("sluice_kafka",
+				kprom.Registerer(kpromRegisterer{rg}), kprom.Gatherer(rg))))
 		}
 	}
 	kopts = append(kopts, opts.ExtraOpts...)
@@ -151,8 +174,58 @@ func New(opts Options, pipe Pipeline, gate Gate) (*Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
-	c.cl = cl
+	c.cl, c.adm = cl, kadm.NewClient(cl)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(newLagCollector(c)); err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("registering the lag metrics: %w", err)
+		}
+	}
 	return c, nil
+}
+
+// kpromRegisterer registers kprom's collectors, renaming the two gauges kprom
+// names like counters (buffered_fetch_records_total and
+// buffered_produce_records_total), which promtool check metrics rejects, to
+// sluice_kafka_buffered_fetch_records and sluice_kafka_buffered_produce_records.
+type kpromRegisterer struct{ prometheus.Registerer }
+
+func (r kpromRegisterer) Register(c prometheus.Collector) error {
+	if g, ok := c.(prometheus.GaugeFunc); ok {
+		descs := make(chan *prometheus.Desc, 1) // a GaugeFunc has one Desc
+		g.Describe(descs)
+		if d := (<-descs).String(); strings.Contains(d, `buffered_`) && strings.Contains(d, `_records_total"`) {
+			name := "sluice_kafka_buffered_fetch_records"
+			if strings.Contains(d, "produce") {
+				name = "sluice_kafka_buffered_produce_records"
+			}
+			c = renamedGauge{g, prometheus.NewDesc(name, "Records the Kafka client has buffered (kprom's "+name+"_total).", nil, nil)}
+		}
+	}
+	return r.Registerer.Register(c)
+}
+
+func (r kpromRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// renamedGauge exports a GaugeFunc without labels under another Desc.
+type renamedGauge struct {
+	g    prometheus.GaugeFunc
+	desc *prometheus.Desc
+}
+
+func (r renamedGauge) Describe(ch chan<- *prometheus.Desc) { ch <- r.desc }
+
+func (r renamedGauge) Collect(ch chan<- prometheus.Metric) {
+	var m dto.Metric
+	if err := r.g.Write(&m); err == nil {
+		ch <- prometheus.MustNewConstMetric(r.desc, prometheus.GaugeValue, m.GetGauge().GetValue())
+	}
 }
 
 // Security returns the TLS and SASL client options for k; the DLQ producer
@@ -219,9 +292,11 @@ func (c *Consumer) Joined() <-chan struct{} { return c.joined }
 // to drain (at most ShutdownTimeout), commits what is done, leaves the group
 // and closes the client. It returns nil after a clean stop.
 func (c *Consumer) Run(ctx context.Context) error {
+	// The commit and lag loops outlive ctx: they run until the drain is over.
 	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
-	commitsDone := make(chan struct{})
-	go func() { defer close(commitsDone); c.commitLoop(commitCtx) }()
+	var loops sync.WaitGroup
+	loops.Go(func() { c.commitLoop(commitCtx) })
+	loops.Go(func() { c.lagLoop(commitCtx) })
 
 	c.pollLoop(ctx)
 
@@ -234,7 +309,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	drain.Stop()
 	stopCommits()
-	<-commitsDone
+	loops.Wait()
 
 	c.mu.Lock()
 	c.closing = true
@@ -276,10 +351,11 @@ func (c *Consumer) pollLoop(ctx context.Context) {
 			}
 			c.log.Warn("fetch error; the client retries", zap.String("topic", topic), zap.Int32("partition", p), zap.Error(err))
 		})
+		now := time.Now()
 		c.mu.Lock()
 		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 			if ps := c.parts[record.Partition{Topic: fp.Topic, Partition: fp.Partition}]; ps != nil && fp.HighWatermark >= 0 {
-				ps.hwm = fp.HighWatermark
+				ps.hwm, ps.hwmAt = fp.HighWatermark, now
 			}
 		})
 		fetches.EachRecord(func(kr *kgo.Record) { c.pending = append(c.pending, convert(kr)) })
@@ -300,6 +376,10 @@ func (c *Consumer) hasPending() bool {
 func (c *Consumer) admitPending() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
 	i := 0
 	for ; i < len(c.pending); i++ {
 		r := c.pending[i]
@@ -310,7 +390,7 @@ func (c *Consumer) admitPending() {
 		if !c.pipe.Room(r) {
 			break
 		}
-		r.Ticket = record.Ticket{Generation: ps.gen, Seq: ps.t.add(r.Offset, r.LeaderEpoch)}
+		r.Ticket = record.Ticket{Generation: ps.gen, Seq: ps.t.add(r.Offset, r.LeaderEpoch, lagTimestamp(r.Timestamp, now))}
 		c.pipe.Admit(r)
 	}
 	n := copy(c.pending, c.pending[i:])
@@ -441,6 +521,10 @@ func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[stri
 	}
 	c.publishPausedLocked()
 	c.pauseMu.Unlock()
+	select { // the lag loop fetches the group's committed offsets of the new partitions
+	case c.refresh <- struct{}{}:
+	default: // a refresh is already due
+	}
 	c.log.Info("partitions assigned", zap.Any("partitions", assigned))
 	c.joinOnce.Do(func() { close(c.joined) })
 }
@@ -630,28 +714,37 @@ func (c *Consumer) resume(ps []record.Partition, why pauseReason) {
 func (c *Consumer) publishPausedLocked() { c.m.PartitionsPaused.Set(float64(len(c.paused))) }
 
 // PartitionStats is one assigned partition as /status and the demo show it.
+// Lag and LagSeconds are the figures of sluice_consumer_lag_records and
+// sluice_consumer_lag_seconds.
 type PartitionStats struct {
-	Topic         string `json:"topic"`
-	Partition     int32  `json:"partition"`
-	Committed     int64  `json:"committed_offset"` // -1 until a record of this assignment is done
-	HighWatermark int64  `json:"high_watermark"`   // -1 until a fetch reported it
-	Lag           int64  `json:"lag"`              // -1 when either is unknown
-	InFlight      int    `json:"in_flight"`
-	Paused        bool   `json:"paused"`
-	PausedBy      string `json:"paused_by,omitempty"`
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	// Committed is the position of this assignment's done prefix (committed
+	// within commit.interval), else the group's committed offset fetched from
+	// the broker at assignment; -1 while neither is known or the group has no
+	// commit for the partition.
+	Committed     int64   `json:"committed_offset"`
+	HighWatermark int64   `json:"high_watermark"` // -1 until a fetch or a listing reported it
+	Lag           int64   `json:"lag"`            // high watermark minus position; -1 while unknown
+	LagSeconds    float64 `json:"lag_seconds"`    // age of the oldest record not yet done; 0 when none is outstanding
+	InFlight      int     `json:"in_flight"`
+	Paused        bool    `json:"paused"`
+	PausedBy      string  `json:"paused_by,omitempty"`
 }
 
 // Stats returns the assigned partitions.
 func (c *Consumer) Stats() []PartitionStats {
+	now := time.Now().UnixNano()
 	c.mu.Lock()
 	out := make([]PartitionStats, 0, len(c.parts))
 	for p, ps := range c.parts {
-		s := PartitionStats{Topic: p.Topic, Partition: p.Partition, Committed: -1, HighWatermark: ps.hwm, Lag: -1, InFlight: ps.t.outstanding()}
-		if ps.t.known {
-			s.Committed = ps.t.pos.Offset
+		s := PartitionStats{Topic: p.Topic, Partition: p.Partition, Committed: -1, HighWatermark: ps.hwm, Lag: -1,
+			LagSeconds: ps.lagSeconds(now), InFlight: ps.t.outstanding()}
+		if off, committed, ok := ps.position(); ok && committed {
+			s.Committed = off
 		}
-		if ps.t.known && ps.hwm >= 0 {
-			s.Lag = max(0, ps.hwm-ps.t.pos.Offset)
+		if lag, ok := ps.lag(); ok {
+			s.Lag = lag
 		}
 		out = append(out, s)
 	}

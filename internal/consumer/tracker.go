@@ -22,17 +22,19 @@ type tracker struct {
 
 type entry struct {
 	offset int64
+	ts     int64 // the record's timestamp in Unix nanoseconds, for consumer_lag_seconds
 	epoch  int32
 	done   bool
 }
 
-// add records an admitted record and returns its sequence number.
-func (t *tracker) add(offset int64, epoch int32) uint64 {
+// add records an admitted record with its timestamp (Unix nanoseconds) and
+// returns its sequence number.
+func (t *tracker) add(offset int64, epoch int32, ts int64) uint64 {
 	if t.head == len(t.entries) {
 		// Everything is done: restart at the front of the slice.
 		t.entries, t.head = t.entries[:0], 0
 	}
-	t.entries = append(t.entries, entry{offset: offset, epoch: epoch})
+	t.entries = append(t.entries, entry{offset: offset, ts: ts, epoch: epoch})
 	s := t.next
 	t.next++
 	return s
@@ -61,3 +63,13 @@ func (t *tracker) done(seq uint64) {
 
 // outstanding returns how many admitted records are not yet behind the position.
 func (t *tracker) outstanding() int { return len(t.entries) - t.head }
+
+// oldest returns the timestamp (Unix nanoseconds) of the oldest admitted record
+// that is not done, and false when every admitted record is done. That record
+// is the head entry: the position stops in front of it.
+func (t *tracker) oldest() (int64, bool) {
+	if t.head == len(t.entries) {
+		return 0, false
+	}
+	return t.entries[t.head].ts, true
+}

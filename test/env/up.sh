@@ -113,6 +113,41 @@ if ((${#missing[@]} > 0)); then
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
+# promtool (from Debian's prometheus package) checks deploy/'s alert rules and
+# the metrics sluice exports. Only the tool is wanted, not a Prometheus server:
+# a policy-rc.d forbids the package's scripts to start its service while it
+# installs, recommends (prometheus-node-exporter, another service) are left
+# out, and on a systemd host the unit is disabled again.
+POLICY_RC=/usr/sbin/policy-rc.d
+restore_policy_rc() {
+	rm -f "$POLICY_RC"
+	if [[ -e $POLICY_RC.sluice-saved ]]; then
+		mv -f "$POLICY_RC.sluice-saved" "$POLICY_RC"
+	fi
+}
+if ! command -v promtool >/dev/null 2>&1; then
+	((EUID == 0)) || die "promtool is missing: install it (apt-get install --no-install-recommends prometheus) or run as root"
+	say "installing promtool (Debian's prometheus package; its service is not started)"
+	export DEBIAN_FRONTEND=noninteractive
+	if [[ -e $POLICY_RC ]]; then
+		mv -f "$POLICY_RC" "$POLICY_RC.sluice-saved"
+	fi
+	printf '#!/bin/sh\n# test/env/up.sh: no service starts while promtool installs.\nexit 101\n' >"$POLICY_RC"
+	chmod 755 "$POLICY_RC"
+	trap restore_policy_rc EXIT
+	apt-get update -q >&2
+	apt-get install -y -q --no-install-recommends prometheus >&2
+	restore_policy_rc
+	trap - EXIT
+	# The package enables its unit (and SysV script) for the next boot: undo
+	# that too. systemctl disable also works where systemd does not run.
+	if command -v systemctl >/dev/null 2>&1; then
+		systemctl disable --now prometheus.service >/dev/null 2>&1 ||
+			systemctl disable prometheus.service >/dev/null 2>&1 || true
+	fi
+	command -v promtool >/dev/null 2>&1 || die "the prometheus package installed no promtool"
+fi
+
 JAVA=$(find_java)
 [[ -n $JAVA ]] || die "no java 17 or newer found after installing openjdk-17-jre-headless"
 PG_BIN=$(find_pg_bin)
