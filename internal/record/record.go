@@ -44,7 +44,7 @@ type Record struct {
 	Ticket Ticket
 
 	// Admitted is when the record entered the flow gate; it feeds
-	// processing_duration_seconds and consumer_lag_seconds.
+	// processing_duration_seconds.
 	Admitted time.Time
 }
 
