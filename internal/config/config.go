@@ -121,7 +121,11 @@ type Postgres struct {
 type HTTP struct {
 	URL     string            `mapstructure:"url"`
 	Headers map[string]Secret `mapstructure:"headers"`
-	Format  string            `mapstructure:"format"` // ndjson | json
+	// HeadersFile names, per header, a file holding its value (a token
+	// mounted from a Kubernetes Secret); a header is set in one of the two.
+	HeadersFile map[string]string `mapstructure:"headers_file"`
+	Format      string            `mapstructure:"format"`  // ndjson | json
+	Columns     map[string]string `mapstructure:"columns"` // optional; empty sends the whole record
 }
 
 // File configures the JSON-lines file sink.

@@ -572,6 +572,10 @@ func (l *loader) readSecretFiles(v reflect.Value, path string) {
 			continue
 		}
 		j, ok := fields[key+"_file"]
+		if ok && fv.Kind() == reflect.Map && fv.Type().Elem() == secretType {
+			l.readSecretFileMap(fv, v.Field(j), join(path, key), join(path, key+"_file"))
+			continue
+		}
 		if fv.Type() != secretType || !ok {
 			continue
 		}
@@ -594,6 +598,33 @@ func (l *loader) readSecretFiles(v reflect.Value, path string) {
 			continue
 		}
 		fv.SetString(s)
+	}
+}
+
+// readSecretFileMap fills the secrets of a map (sink.http.headers) from the
+// files its "_file" twin names per entry.
+func (l *loader) readSecretFileMap(secrets, files reflect.Value, path, filesPath string) {
+	for _, k := range files.MapKeys() {
+		name, file := k.String(), files.MapIndex(k).String()
+		fp := join(filesPath, name)
+		if secrets.IsValid() && !secrets.IsNil() && secrets.MapIndex(k).IsValid() {
+			l.add(fp, 0, fmt.Sprintf("both %s and %s are set; keep one", join(path, name), fp))
+			continue
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			l.add(fp, 0, fmt.Sprintf("cannot read the secret: %v", err))
+			continue
+		}
+		s := strings.TrimRight(string(data), "\r\n")
+		if s == "" {
+			l.add(fp, 0, fmt.Sprintf("%s is empty", file))
+			continue
+		}
+		if secrets.IsNil() {
+			secrets.Set(reflect.MakeMap(secrets.Type()))
+		}
+		secrets.SetMapIndex(k, reflect.ValueOf(Secret(s)))
 	}
 }
 

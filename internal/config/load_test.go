@@ -453,9 +453,24 @@ sink: {postgres: {dsn: null, dsn_file: `+dsnFile+`}}`)
 		}
 	})
 
+	t.Run("http header from a file", func(t *testing.T) {
+		doc := overlay(t, `sink: {http: {url: "https://ingest.example.com/x", headers: {X-Trace: on}, headers_file: {Authorization: `+pwFile+`}}}`)
+		c, err := LoadWith(writeFile(t, "sluice.yaml", doc), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Sink.HTTP.Headers["Authorization"].Reveal(); got != "s3cret" || c.Sink.HTTP.Headers["X-Trace"].Reveal() != "on" {
+			t.Errorf("headers %q", c.Sink.HTTP.Headers)
+		}
+	})
+
 	bad := []struct {
 		name, overlay, path, text string
 	}{
+		{"header in both", "sink: {http: {headers: {Authorization: x}, headers_file: {Authorization: " + pwFile + "}}}",
+			"sink.http.headers_file.Authorization", "keep one"},
+		{"header file missing", "sink: {http: {headers_file: {Authorization: " + filepath.Join(dir, "nope") + "}}}",
+			"sink.http.headers_file.Authorization", "cannot read"},
 		{"both set", "sink: {postgres: {dsn_file: " + dsnFile + "}}", "sink.postgres.dsn_file", "both sink.postgres.dsn and sink.postgres.dsn_file are set"},
 		{"both set for sasl", "kafka: {sasl: {mechanism: PLAIN, username: u, password: p, password_file: " + pwFile + "}}", "kafka.sasl.password_file", "keep one"},
 		{"missing file", "sink: {postgres: {dsn: null, dsn_file: " + filepath.Join(dir, "nope") + "}}", "sink.postgres.dsn_file", "cannot read"},

@@ -268,6 +268,7 @@ func (v *checker) sink(c *Config) {
 		v.add("sink.file.path", "is required with sink.type file: name the JSON-lines file to write, like ./out.jsonl")
 	}
 	v.columns("sink.file.columns", s.File.Columns)
+	v.columns("sink.http.columns", s.HTTP.Columns)
 }
 
 func (v *checker) postgres(s *Sink) {

@@ -222,7 +222,8 @@ func (d *Daemon) openSink(ctx context.Context) (mapSink, error) {
 	case "http":
 		// No ping: readiness follows the breaker, which every write feeds.
 		s, err := httpsink.New(d.cfg.Sink.HTTP, httpsink.Options{
-			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Logger: d.log.Named("sink.http")})
+			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Columns: d.cfg.Sink.HTTP.Columns,
+			Logger: d.log.Named("sink.http")})
 		if err != nil {
 			return nil, err
 		}
