@@ -451,20 +451,25 @@ const (
 
 // toNumeric parses a decimal number (or NaN, ±Infinity) into a *pgtype.Numeric.
 func toNumeric(s string) (any, problem) {
-	switch strings.ToLower(s) {
-	case "nan":
-		return &pgtype.Numeric{NaN: true, Valid: true}, ""
-	case "infinity", "+infinity", "inf", "+inf":
-		return &pgtype.Numeric{InfinityModifier: pgtype.Infinity, Valid: true}, ""
-	case "-infinity", "-inf":
-		return &pgtype.Numeric{InfinityModifier: pgtype.NegativeInfinity, Valid: true}, ""
+	if s != "" && (s[len(s)-1] < '0' || s[len(s)-1] > '9') { // a number ends in a digit, but for "5."
+		switch strings.ToLower(s) {
+		case "nan":
+			return &pgtype.Numeric{NaN: true, Valid: true}, ""
+		case "infinity", "+infinity", "inf", "+inf":
+			return &pgtype.Numeric{InfinityModifier: pgtype.Infinity, Valid: true}, ""
+		case "-infinity", "-inf":
+			return &pgtype.Numeric{InfinityModifier: pgtype.NegativeInfinity, Valid: true}, ""
+		}
 	}
 	if !isDecimal(s) {
 		return nil, wrongType
 	}
 	mant, expPart := s, ""
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		mant, expPart = s[:i], s[i+1:]
+	for i := 0; i < len(s); i++ {
+		if s[i] == 'e' || s[i] == 'E' {
+			mant, expPart = s[:i], s[i+1:]
+			break
+		}
 	}
 	var exp int64
 	if expPart != "" {

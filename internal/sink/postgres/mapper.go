@@ -49,13 +49,19 @@ type field struct {
 	col  column
 	kind kind
 	src  source
+	// A value path's member (see pathTree) is found[slot]; rest is the path
+	// below it left for gjson.Get, "" if none.
+	slot int
+	rest string
 }
 
 // mapper turns records into rows for one table. It is immutable after
 // newMapper and safe for concurrent use.
 type mapper struct {
-	fields   []field // in table order, which is the row order
-	needJSON bool    // some field reads the value as JSON
+	fields   []field  // in table order, which is the row order
+	needJSON bool     // some field reads the value as JSON
+	paths    pathTree // the keys of the value paths
+	members  int      // how many members a scan of the value notes
 }
 
 // columnKey is the configuration path of a mapped column, for messages.
@@ -83,6 +89,9 @@ func newMapper(t *tableDef, mapping map[string]string) (*mapper, error) {
 	m := &mapper{fields: make([]field, 0, len(byName))}
 	for _, c := range t.Columns {
 		if f, ok := byName[c.Name]; ok {
+			if f.src.kind == srcPath {
+				f.slot, f.rest = m.paths.add(f.src.arg, &m.members)
+			}
 			m.fields = append(m.fields, f)
 			if f.src.kind == srcPath || (f.src.kind == srcValue && (f.kind == kindJSON || f.kind == kindJSONB)) {
 				m.needJSON = true
@@ -121,17 +130,28 @@ func newField(t *tableDef, name, src string) (field, error) {
 	return field{col: c, kind: k, src: s}, nil
 }
 
-// mapRecord converts one record to a row. The JSON value is validated once and
-// only the paths columns need are read. Errors are *flow.PoisonError: decode
-// when the value is not JSON, mapping when a field is missing or does not fit
-// its column.
+// mapRecord converts one record to a row. The JSON value is read once: one
+// pass validates it and finds the members the value paths name.
+// Errors are *flow.PoisonError: decode when the value is not JSON, mapping when
+// a field is missing or does not fit its column.
 func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
-	var doc string
+	var (
+		doc    string
+		object bool
+		found  []member
+	)
 	if m.needJSON {
 		if len(r.Value) == 0 {
 			return nil, flow.Decode(errors.New("the record value is empty; the mapped columns need a JSON document"))
 		}
-		if !gjson.ValidBytes(r.Value) {
+		var buf [maxStackMembers]member
+		if m.members <= len(buf) {
+			found = buf[:m.members]
+		} else {
+			found = make([]member, m.members)
+		}
+		var valid bool
+		if object, valid = scanValue(r.Value, &m.paths, found); !valid {
 			return nil, flow.Decode(errors.New("the record value is not valid JSON"))
 		}
 		// gjson reads the value in place; fromJSON copies what a row keeps.
@@ -139,7 +159,16 @@ func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 	}
 	row := make(record.Row, len(m.fields))
 	for i := range m.fields {
-		v, err := m.fields[i].value(r, doc)
+		f := &m.fields[i]
+		var (
+			v   any
+			err error
+		)
+		if f.src.kind == srcPath {
+			v, err = f.fromPath(f.pathResult(doc, object, found), r.Value)
+		} else {
+			v, err = f.value(r)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -148,25 +177,30 @@ func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 	return row, nil
 }
 
-// value reads and converts this field's value from r (doc is r.Value as a
-// string when the mapper needs JSON).
-func (f *field) value(r *record.Record, doc string) (any, error) {
+// fromPath converts this field's value read from the JSON value (res, as
+// gjson.Get finds it in value).
+func (f *field) fromPath(res gjson.Result, value []byte) (any, error) {
+	switch {
+	case !res.Exists():
+		return f.null("is missing")
+	case res.Type == gjson.Null:
+		return f.null("is null")
+	}
+	v, p := fromJSON(f.kind, res, value)
+	if p != "" {
+		return nil, f.fail(describe(res), p)
+	}
+	return v, nil
+}
+
+// value reads and converts this field's value from r when it is not a value
+// path.
+func (f *field) value(r *record.Record) (any, error) {
 	var (
 		v any
 		p problem
 	)
 	switch f.src.kind {
-	case srcPath:
-		res := gjson.Get(doc, f.src.arg)
-		switch {
-		case !res.Exists():
-			return f.null("is missing")
-		case res.Type == gjson.Null:
-			return f.null("is null")
-		}
-		if v, p = fromJSON(f.kind, res, r.Value); p != "" {
-			return nil, f.fail(describe(res), p)
-		}
 	case srcValue:
 		if r.Value == nil {
 			return f.null("is null (a tombstone)")
