@@ -16,6 +16,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/dlq"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/record"
@@ -181,4 +182,66 @@ func TestReplayDeadLettersHomeAndStopsALoop(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "scanned:                       0") {
 		t.Errorf("a replay after the last: exit %d\n%s", code, out)
 	}
+}
+
+// The whole loop an operator runs: rows the table refuses go to the DLQ, the
+// operator fixes the table, replays the DLQ to the source topic, and the
+// records land in the table next to the others.
+func TestReplayedDeadLettersLandInTheTableAfterTheFix(t *testing.T) {
+	brokers, dsn := testenv.Kafka(t), testenv.PostgresDSN(t)
+	topic := testenv.NewTopic(t, brokers, 6)
+	group := testenv.NewGroup(t, brokers)
+	table := testenv.NewTable(t, dsn, "(id bigint PRIMARY KEY, amount numeric(12,2) CONSTRAINT amount_positive CHECK (amount >= 0), seq bigint, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL)")
+	const n, bad = 3000, 60
+	produceOrders(t, brokers, topic, n, func(i int) []byte {
+		if i%(n/bad) == 0 {
+			return fmt.Appendf(nil, `{"id":%d,"amount":-1.00,"seq":%d}`, i, i) // refused by the CHECK
+		}
+		return order(i)
+	})
+	cfg := pgConfig(brokers, group, topic, dsn, table, config.ModeUpsert)
+	cfg.DLQ.Topic = topic + ".dlq"
+	t.Cleanup(func() { deleteTopic(t, brokers, cfg.DLQ.Topic) })
+
+	r := start(t, cfg)
+	waitLagZero(t, testenv.Admin(t, brokers), group, topic)
+	if err := r.stop(); err != nil {
+		t.Fatalf("sluice stopped with %v", err)
+	}
+	conn := testenv.Postgres(t, dsn)
+	if got := count(t, conn, "SELECT count(*) FROM "+table); got != n-bad {
+		t.Fatalf("%d rows before the fix, want %d (the %d refused ones in the DLQ)", got, n-bad, bad)
+	}
+
+	// The fix: negative amounts are refunds, the constraint goes.
+	if _, err := conn.Exec(t.Context(), "ALTER TABLE "+table+" DROP CONSTRAINT amount_positive"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := dlq.Replay(t.Context(), dlq.ReplayConfig{Topic: cfg.DLQ.Topic, Group: group + ".replay", MaxReplays: dlq.DefaultMaxReplays},
+		[]kgo.Opt{kgo.SeedBrokers(brokers...)})
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if rep.Replayed[topic] != bad {
+		t.Fatalf("replayed %v, want %d records to %s", rep.Replayed, bad, topic)
+	}
+
+	r = start(t, cfg)
+	waitLagZero(t, testenv.Admin(t, brokers), group, topic)
+	if err := r.stop(); err != nil {
+		t.Fatalf("sluice stopped with %v", err)
+	}
+	if got := count(t, conn, "SELECT count(*) FROM "+table); got != n {
+		t.Errorf("%d rows after the replay, want all %d", got, n)
+	}
+	if got := count(t, conn, "SELECT count(*) FROM "+table+" WHERE amount < 0"); got != bad {
+		t.Errorf("%d replayed rows in the table, want %d", got, bad)
+	}
+}
+
+func deleteTopic(t *testing.T, brokers []string, topic string) {
+	adm := testenv.Admin(t, brokers)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = adm.DeleteTopic(ctx, topic)
 }
