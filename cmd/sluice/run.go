@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -27,6 +29,12 @@ func runCmd() *cobra.Command {
 				return &exitError{code: 1, err: err}
 			}
 			defer func() { _ = log.Sync() }()
+			memLimit := "GOMEMLIMIT"
+			if os.Getenv("GOMEMLIMIT") == "" {
+				limit := config.MemoryLimit(cfg)
+				debug.SetMemoryLimit(int64(limit))
+				memLimit = limit.String()
+			}
 			ctx := cmd.Context()
 			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
 			if err != nil {
@@ -35,7 +43,7 @@ func runCmd() *cobra.Command {
 			}
 			log.Info("sluice starting", zap.String("version", version), zap.String("group", cfg.Kafka.Group),
 				zap.Strings("topics", cfg.Kafka.Topics), zap.String("sink", cfg.Sink.Type),
-				zap.String("listen", cfg.Observability.Listen))
+				zap.String("listen", cfg.Observability.Listen), zap.String("memory_limit", memLimit))
 			if err := d.Run(ctx); err != nil {
 				log.Error("sluice stopped on an error", zap.Error(err))
 				return &exitError{code: 1, err: err}

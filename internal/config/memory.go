@@ -1,0 +1,26 @@
+package config
+
+// RuntimeBaseline is the memory of an idle sluice process (Go runtime, the
+// Kafka and PostgreSQL clients, the HTTP server) that the README's memory
+// formula starts from.
+const RuntimeBaseline ByteSize = 40 * MiB
+
+// MemoryBound is the README's memory formula for c: the runtime baseline,
+// the Kafka client's fetch buffers, the flow budget twice (admitted records
+// and their mapped rows), and one poll of records of largestRecord bytes
+// waiting for the gate.
+func MemoryBound(c *Config, largestRecord ByteSize) ByteSize {
+	return RuntimeBaseline +
+		ByteSize(c.Kafka.MaxConcurrentFetches)*c.Kafka.FetchMaxBytes +
+		2*c.Flow.MaxBufferedBytes +
+		ByteSize(c.Kafka.MaxPollRecords)*largestRecord
+}
+
+// MemoryLimit is the soft memory limit sluice gives the Go runtime
+// (debug.SetMemoryLimit) when GOMEMLIMIT is not set: the memory formula for
+// records of up to 1 KiB. Without it the garbage collector lets the heap grow
+// to twice the live data before collecting, which carries RSS past the
+// formula under sustained load; with it the collector works harder near the
+// bound instead. It is a soft limit: larger records make sluice use more
+// memory and collect more often, never fail.
+func MemoryLimit(c *Config) ByteSize { return MemoryBound(c, 1*KiB) }
