@@ -17,10 +17,11 @@ func MemoryBound(c *Config, largestRecord ByteSize) ByteSize {
 }
 
 // MemoryLimit is the soft memory limit sluice gives the Go runtime
-// (debug.SetMemoryLimit) when GOMEMLIMIT is not set: the memory formula for
-// records of up to 1 KiB. Without it the garbage collector lets the heap grow
+// (debug.SetMemoryLimit) when GOMEMLIMIT is not set: 90% of the memory formula
+// for records of up to 1 KiB, the tenth left for what the runtime does not
+// count and for the collector's reaction time. Without it the garbage collector lets the heap grow
 // to twice the live data before collecting, which carries RSS past the
 // formula under sustained load; with it the collector works harder near the
 // bound instead. It is a soft limit: larger records make sluice use more
 // memory and collect more often, never fail.
-func MemoryLimit(c *Config) ByteSize { return MemoryBound(c, 1*KiB) }
+func MemoryLimit(c *Config) ByteSize { return MemoryBound(c, 1*KiB) * 9 / 10 }
