@@ -108,13 +108,16 @@ type Breaker struct {
 
 // Postgres configures the PostgreSQL sink.
 type Postgres struct {
-	DSN        Secret            `mapstructure:"dsn"`
-	DSNFile    string            `mapstructure:"dsn_file"`
-	Table      string            `mapstructure:"table"`
-	Mode       string            `mapstructure:"mode"` // insert | upsert
-	KeyColumns []string          `mapstructure:"key_columns"`
-	Delivery   string            `mapstructure:"delivery"` // at-least-once | exactly-once
-	Columns    map[string]string `mapstructure:"columns"`
+	DSN        Secret   `mapstructure:"dsn"`
+	DSNFile    string   `mapstructure:"dsn_file"`
+	Table      string   `mapstructure:"table"`
+	Mode       string   `mapstructure:"mode"` // insert | upsert
+	KeyColumns []string `mapstructure:"key_columns"`
+	Delivery   string   `mapstructure:"delivery"` // at-least-once | exactly-once
+	// OffsetsTable holds each partition's next offset with exactly-once
+	// delivery; sluice creates it when it is missing.
+	OffsetsTable string            `mapstructure:"offsets_table"`
+	Columns      map[string]string `mapstructure:"columns"`
 }
 
 // HTTP configures the HTTP sink.

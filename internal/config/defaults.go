@@ -34,7 +34,7 @@ func Default() *Config {
 			WriteTimeout: 30 * time.Second,
 			Retry:        Retry{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second},
 			Breaker:      Breaker{FailureThreshold: 5, OpenFor: 30 * time.Second, HalfOpenSuccesses: 3, HalfOpenShare: 0.05},
-			Postgres:     Postgres{Mode: ModeInsert, Delivery: DeliveryAtLeastOnce},
+			Postgres:     Postgres{Mode: ModeInsert, Delivery: DeliveryAtLeastOnce, OffsetsTable: DefaultOffsetsTable},
 			HTTP:         HTTP{Format: FormatNDJSON},
 			File:         File{Path: "./out.jsonl"},
 		},
@@ -63,6 +63,9 @@ const (
 
 	DeliveryAtLeastOnce = "at-least-once"
 	DeliveryExactlyOnce = "exactly-once"
+
+	// DefaultOffsetsTable is sink.postgres.offsets_table's default.
+	DefaultOffsetsTable = "public.sluice_offsets"
 
 	FormatNDJSON = "ndjson"
 	FormatJSON   = "json"

@@ -292,6 +292,16 @@ func (v *checker) postgres(s *Sink) {
 	if len(pg.Columns) == 0 {
 		v.add("sink.postgres.columns", "is required with sink.type postgres: map at least one column to a source, like id: value.id")
 	}
+	if pg.Delivery == DeliveryExactlyOnce {
+		switch err := checkTable(pg.OffsetsTable); {
+		case strings.TrimSpace(pg.OffsetsTable) == "":
+			v.add("sink.postgres.offsets_table", "is required with delivery exactly-once: name the table that holds each partition's next offset, like %s", DefaultOffsetsTable)
+		case err != nil:
+			v.add("sink.postgres.offsets_table", "%v", err)
+		case sameTable(pg.OffsetsTable, pg.Table):
+			v.add("sink.postgres.offsets_table", "is %s, the target table; name a table of its own, like %s", pg.OffsetsTable, DefaultOffsetsTable)
+		}
+	}
 	if pg.Mode == ModeUpsert && len(pg.KeyColumns) == 0 {
 		v.add("sink.postgres.key_columns", "is required with mode upsert: list the columns of the conflict target (a unique index), like [id]")
 	}
@@ -422,6 +432,19 @@ func checkTopic(t string) error {
 }
 
 // checkTable checks the shape of table or schema.table.
+// sameTable reports whether two configured table names surely name one table
+// (unquoted names, with public as the schema when none is given).
+func sameTable(a, b string) bool {
+	norm := func(t string) string {
+		t = strings.ToLower(strings.TrimSpace(t))
+		if !strings.Contains(t, ".") {
+			t = "public." + t
+		}
+		return t
+	}
+	return !strings.Contains(a+b, `"`) && norm(a) == norm(b)
+}
+
 func checkTable(t string) error {
 	if strings.TrimSpace(t) == "" {
 		return fmt.Errorf("is required with sink.type postgres: name the target table, like public.orders")

@@ -2,12 +2,16 @@
 // records into the flow pipeline while the gate has room, pauses and resumes
 // partitions for the gate (and the breaker), tracks which records are done and
 // commits the contiguous done prefix of every partition, and exports each
-// partition's lag (lag.go).
+// partition's lag (lag.go). With exactly-once delivery (Options.Offsets) the
+// positions the sink stores with the rows are the truth: the consumer seeks
+// every assigned partition to its stored position, and again after the sink
+// fenced it; Kafka commits continue, for lag and autoscalers.
 //
 // Concurrency contract: Run owns the poll loop, the commit loop and the lag
 // refresh loop and returns only after all three have stopped and the client is
-// closed. The lag Collector may be scraped from any goroutine. Done, PauseForGate,
-// ResumeForGate, PauseAll, ResumeAll and Stats may be called from any goroutine.
+// closed. The lag Collector may be scraped from any goroutine. Done, Fence,
+// PauseForGate, ResumeForGate, PauseAll, ResumeAll and Stats may be called from
+// any goroutine.
 // Rebalance callbacks run on franz-go's group goroutine, never during the
 // admission of a poll (BlockRebalanceOnPoll).
 package consumer
@@ -19,6 +23,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -57,6 +62,23 @@ type Gate interface {
 	Forget(ps []record.Partition)
 }
 
+// OffsetStore holds the partitions' positions for exactly-once delivery: the
+// sink, which stores them with the rows (postgres.Sink). The consumer calls
+// Claim from the rebalance callbacks and the poll loop, Release from the
+// rebalance callbacks.
+type OffsetStore interface {
+	// Claim reads the stored next offsets of ps and claims ps for the
+	// assignment generations given (the Ticket.Generation of the records the
+	// consumer will admit for them): the sink then writes a partition only
+	// for that assignment, with a compare-and-set on the offset read.
+	// groupGeneration is the consumer group's, stored with the writes. It
+	// returns the offsets of the partitions that have one.
+	Claim(ctx context.Context, groupGeneration int32, ps map[record.Partition]uint64) (map[record.Partition]int64, error)
+	// Release ends the claims of ps for the generations given: writes of
+	// those assignments still in the pipeline are refused.
+	Release(ps map[record.Partition]uint64)
+}
+
 // Options are the consumer's settings and injected dependencies.
 type Options struct {
 	Kafka           config.Kafka
@@ -74,6 +96,11 @@ type Options struct {
 	LagRefreshInterval time.Duration
 	// ExtraOpts are appended to the client options (tests, the demo).
 	ExtraOpts []kgo.Opt
+	// Offsets, when set, makes delivery exactly-once: every assigned
+	// partition starts at the position stored there (partitions without one
+	// start from the group's committed offset, or kafka.start_offset), and a
+	// partition the sink fenced is sought there again (see Fence).
+	Offsets OffsetStore
 }
 
 // Consumer is one member of the consumer group.
@@ -86,11 +113,16 @@ type Consumer struct {
 	pipe Pipeline
 	gate Gate
 
-	mu      sync.Mutex // guards parts, gen, pending, closing
+	mu      sync.Mutex // guards parts, gen, pending, closing, interrupt, seekAt
 	parts   map[record.Partition]*partition
 	gen     uint64
 	pending []*record.Record // polled, not yet admitted: the gate had no room
 	closing bool
+	// Exactly-once only: interrupt cuts the poll in progress short, so that
+	// a fenced partition is sought at once; seekAt is when the poll loop may
+	// retry a Claim that failed.
+	interrupt context.CancelFunc
+	seekAt    time.Time
 
 	pauseMu sync.Mutex // guards paused; never held while taking mu
 	paused  map[record.Partition]pauseReason
@@ -107,6 +139,7 @@ type pauseReason uint8
 const (
 	pausedByGate pauseReason = 1 << iota
 	pausedByBreaker
+	pausedBySeek // exactly-once: the stored position could not be read yet
 )
 
 type partition struct {
@@ -122,6 +155,12 @@ type partition struct {
 	baseKnown bool
 	committed bool // base is a committed offset (not a start position)
 	revoking  bool
+	// seek (exactly-once) says the partition's stored position must be read
+	// and sought before its records are admitted: they are dropped until
+	// then. resume is where to seek if the store has no position for it: the
+	// first record of a fenced assignment that was not done, or -1.
+	seek   bool
+	resume int64
 }
 
 // New creates the Kafka client; it connects lazily and starts no goroutine of
@@ -340,7 +379,7 @@ func (c *Consumer) pollLoop(ctx context.Context) {
 			continue
 		}
 		n := min(maxPoll, c.gate.FreeRecords())
-		fetches := c.cl.PollRecords(ctx, n)
+		fetches := c.poll(ctx, n)
 		if fetches.IsClientClosed() {
 			c.cl.AllowRebalance()
 			return
@@ -360,10 +399,147 @@ func (c *Consumer) pollLoop(ctx context.Context) {
 		})
 		fetches.EachRecord(func(kr *kgo.Record) { c.pending = append(c.pending, convert(kr)) })
 		c.mu.Unlock()
+		if c.opts.Offsets != nil {
+			// No rebalance runs until AllowRebalance: the one moment
+			// SetOffsets may be called outside a callback.
+			c.seekWaiting(ctx)
+		}
 		c.admitPending()
 		c.cl.AllowRebalance()
 	}
 	c.cl.AllowRebalance()
+}
+
+// poll polls at most n records. With exactly-once delivery Fence can cut it
+// short, and it ends within a second while a partition waits for a Claim
+// that failed, so that the poll loop seeks fenced partitions without delay.
+func (c *Consumer) poll(ctx context.Context, n int) kgo.Fetches {
+	if c.opts.Offsets == nil {
+		return c.cl.PollRecords(ctx, n)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	c.mu.Lock()
+	if c.seeksWaiting() {
+		cancel()
+		pctx, cancel = context.WithTimeout(ctx, time.Second)
+	}
+	c.interrupt = cancel
+	c.mu.Unlock()
+	fetches := c.cl.PollRecords(pctx, n)
+	c.mu.Lock()
+	c.interrupt = nil
+	c.mu.Unlock()
+	cancel()
+	return fetches
+}
+
+// seeksWaiting reports whether a partition waits for its stored position.
+// c.mu held.
+func (c *Consumer) seeksWaiting() bool {
+	for _, ps := range c.parts {
+		if ps.seek {
+			return true
+		}
+	}
+	return false
+}
+
+// seekWaiting claims the partitions that wait for their stored position
+// (fenced, or assigned while the store could not be read), seeks them there
+// and lets their records in again, under the generation Fence or assigned
+// gave them. It runs on the poll loop, after a poll and before
+// AllowRebalance: no revoke can run, and records polled from before the seek
+// are still in pending, where it drops them. A failed Claim is retried a
+// second later; meanwhile the partitions stay paused.
+func (c *Consumer) seekWaiting(ctx context.Context) {
+	c.mu.Lock()
+	gens := map[record.Partition]uint64{}
+	if !time.Now().Before(c.seekAt) {
+		for p, ps := range c.parts {
+			if ps.seek {
+				gens[p] = ps.gen
+			}
+		}
+	}
+	c.mu.Unlock()
+	if len(gens) == 0 {
+		return
+	}
+	stored, err := c.claim(ctx, c.cl, gens)
+	if err != nil {
+		c.mu.Lock()
+		c.seekAt = time.Now().Add(time.Second)
+		c.mu.Unlock()
+		c.pause(slices.Collect(maps.Keys(gens)), pausedBySeek, "seek")
+		c.log.Warn("cannot read the stored positions of partitions waiting for a seek; their records wait, retrying in a second",
+			zap.Stringers("partitions", slices.Collect(maps.Keys(gens))), zap.Error(err))
+		return
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	var sought []record.Partition
+	c.mu.Lock()
+	for p, gen := range gens {
+		ps := c.parts[p]
+		if ps == nil || ps.gen != gen || !ps.seek {
+			continue
+		}
+		off, ok := stored[p]
+		if !ok {
+			// No stored position. Assigned while the store could not be
+			// read: nothing was consumed, the cursor is where the group's
+			// commit puts it. Fenced (an operator deleted the row): go on
+			// from the first record of this member that is not done.
+			off = ps.resume
+			if off < 0 {
+				if i := slices.IndexFunc(c.pending, func(r *record.Record) bool { return r.Part() == p }); i >= 0 {
+					off = c.pending[i].Offset
+				}
+			}
+			if off >= 0 {
+				c.log.Error("no stored position for a fenced partition; continuing from this member's first record not done",
+					zap.Stringer("partition", p), zap.Int64("offset", off))
+			}
+		}
+		if off >= 0 {
+			if offsets[p.Topic] == nil {
+				offsets[p.Topic] = map[int32]kgo.EpochOffset{}
+			}
+			offsets[p.Topic][p.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
+		}
+		ps.seek, ps.resume = false, -1
+		if ok {
+			ps.t.seek(off)
+		}
+		sought = append(sought, p)
+	}
+	// Records polled before the seek are from the old position.
+	c.dropPendingLocked(sought)
+	c.mu.Unlock()
+	c.cl.SetOffsets(offsets)
+	c.resume(sought, pausedBySeek)
+	c.log.Info("partitions sought to their stored positions", zap.Any("offsets", offsets))
+}
+
+// claim claims ps from the offset store, bounded in time. cl is the client:
+// a rebalance callback may run before New has set c.cl.
+func (c *Consumer) claim(ctx context.Context, cl *kgo.Client, ps map[record.Partition]uint64) (map[record.Partition]int64, error) {
+	_, groupGen := cl.GroupMetadata()
+	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	defer cancel()
+	return c.opts.Offsets.Claim(cctx, groupGen, ps)
+}
+
+// claimTimeout bounds one read of the stored positions.
+const claimTimeout = 10 * time.Second
+
+// dropPendingLocked drops the polled records of ps not yet admitted. c.mu held.
+func (c *Consumer) dropPendingLocked(ps []record.Partition) {
+	if len(ps) == 0 || len(c.pending) == 0 {
+		return
+	}
+	n := len(c.pending)
+	c.pending = slices.DeleteFunc(c.pending, func(r *record.Record) bool { return slices.Contains(ps, r.Part()) })
+	clear(c.pending[len(c.pending):n])
 }
 
 func (c *Consumer) hasPending() bool {
@@ -386,6 +562,9 @@ func (c *Consumer) admitPending() {
 		ps := c.parts[r.Part()]
 		if ps == nil || ps.revoking {
 			continue // no longer ours: the next owner reads it from the last commit
+		}
+		if ps.seek {
+			continue // exactly-once: read again from the stored position
 		}
 		if !c.pipe.Room(r) {
 			break
@@ -426,6 +605,44 @@ func (c *Consumer) Done(rs ...*record.Record) {
 		}
 		ps.t.done(r.Ticket.Seq)
 	}
+}
+
+// Fence is told of records the sink refused because another writer moved
+// their partition on, or their assignment here ended (exactly-once). For a
+// partition still assigned under the records' generation it ends that
+// generation: the records of it not yet done never will be, its records not
+// yet admitted are dropped, and the poll loop seeks it to its stored position
+// and admits its records again under a new generation. Records of an ended
+// generation are ignored. Any goroutine; it does not block.
+func (c *Consumer) Fence(rs ...*record.Record) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var fenced []record.Partition
+	for _, r := range rs {
+		ps := c.parts[r.Part()]
+		if ps == nil || ps.seek || ps.gen != r.Ticket.Generation {
+			continue
+		}
+		resume := int64(-1)
+		if off, ok := ps.t.first(); ok {
+			resume = off
+		} else if ps.t.known {
+			resume = ps.t.pos.Offset
+		}
+		c.gen++
+		ps.gen, ps.t, ps.seek, ps.resume = c.gen, tracker{}, true, resume
+		fenced = append(fenced, r.Part())
+	}
+	if len(fenced) == 0 {
+		return
+	}
+	c.dropPendingLocked(fenced)
+	c.seekAt = time.Time{}
+	if c.interrupt != nil {
+		c.interrupt()
+	}
+	c.log.Warn("partitions fenced: another writer moved them on; seeking them to their stored positions",
+		zap.Stringers("partitions", fenced))
 }
 
 func (c *Consumer) commitLoop(ctx context.Context) {
@@ -490,20 +707,33 @@ func (c *Consumer) commit(ctx context.Context, only map[record.Partition]bool) e
 // assigned starts tracking newly assigned partitions. franz-go keeps pauses
 // across rebalances, so a partition sluice does not hold paused is resumed
 // here explicitly, and one the breaker holds is paused.
-func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+//
+// With exactly-once delivery it claims the new partitions from the offset
+// store and seeks those with a stored position there; a partition without one
+// starts from the group's committed offset or kafka.start_offset. If the store
+// cannot be read, the partitions stay paused and the poll loop retries.
+func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	var ps []record.Partition
+	gens := map[record.Partition]uint64{}
+	eo := c.opts.Offsets != nil
 	c.mu.Lock()
 	for topic, parts := range assigned {
 		for _, p := range parts {
 			c.gen++
 			rp := record.Partition{Topic: topic, Partition: p}
-			c.parts[rp] = &partition{gen: c.gen, hwm: -1}
+			c.parts[rp] = &partition{gen: c.gen, hwm: -1, seek: eo, resume: -1}
+			gens[rp] = c.gen
 			ps = append(ps, rp)
 		}
 	}
+	c.dropPendingLocked(ps) // of an earlier assignment of the same partitions
 	c.mu.Unlock()
 	if len(ps) == 0 {
 		return
+	}
+	var seekFailed bool
+	if eo {
+		seekFailed = !c.seekAssigned(ctx, cl, gens)
 	}
 	c.m.Rebalances.Inc()
 	c.gate.Forget(ps)
@@ -519,6 +749,14 @@ func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[stri
 		cl.PauseFetchPartitions(assigned)
 		c.m.PartitionPauses.WithLabelValues("breaker").Add(float64(len(ps)))
 	}
+	if seekFailed {
+		// The cursors must not move before the stored positions are known.
+		for _, p := range ps {
+			c.paused[p] |= pausedBySeek
+		}
+		cl.PauseFetchPartitions(assigned)
+		c.m.PartitionPauses.WithLabelValues("seek").Add(float64(len(ps)))
+	}
 	c.publishPausedLocked()
 	c.pauseMu.Unlock()
 	select { // the lag loop fetches the group's committed offsets of the new partitions
@@ -527,6 +765,46 @@ func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[stri
 	}
 	c.log.Info("partitions assigned", zap.Any("partitions", assigned))
 	c.joinOnce.Do(func() { close(c.joined) })
+}
+
+// seekAssigned claims newly assigned partitions from the offset store and
+// seeks those with a stored position there (SetOffsets inside
+// OnPartitionsAssigned, which franz-go supports from v1.22.3). It reports
+// false when the store could not be read: the partitions then wait for the
+// poll loop (seekWaiting).
+func (c *Consumer) seekAssigned(ctx context.Context, cl *kgo.Client, gens map[record.Partition]uint64) bool {
+	stored, err := c.claim(ctx, cl, gens)
+	if err != nil {
+		c.log.Warn("cannot read the stored positions of the assigned partitions; they stay paused until they can be read",
+			zap.Error(err))
+		c.mu.Lock()
+		if c.interrupt != nil {
+			c.interrupt() // a poll waiting for data of the paused partitions would wait forever
+		}
+		c.mu.Unlock()
+		return false
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for p, off := range stored {
+		if offsets[p.Topic] == nil {
+			offsets[p.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[p.Topic][p.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
+	}
+	cl.SetOffsets(offsets)
+	c.mu.Lock()
+	for p, gen := range gens {
+		if ps := c.parts[p]; ps != nil && ps.gen == gen {
+			ps.seek = false
+			if off, ok := stored[p]; ok {
+				ps.t.seek(off)
+			}
+		}
+	}
+	c.mu.Unlock()
+	c.log.Info("assigned partitions sought to their stored positions (the others start from the group's commit)",
+		zap.Any("stored", offsets))
+	return true
 }
 
 // revoked stops admitting records of the revoked partitions, waits (bounded
@@ -585,11 +863,19 @@ func (c *Consumer) lost(_ context.Context, cl *kgo.Client, lost map[string][]int
 }
 
 func (c *Consumer) release(cl *kgo.Client, ps []record.Partition, m map[string][]int32) {
+	gens := map[record.Partition]uint64{}
 	c.mu.Lock()
 	for _, p := range ps {
+		if st := c.parts[p]; st != nil {
+			gens[p] = st.gen
+		}
 		delete(c.parts, p)
 	}
+	c.dropPendingLocked(ps)
 	c.mu.Unlock()
+	if c.opts.Offsets != nil {
+		c.opts.Offsets.Release(gens)
+	}
 	c.gate.Forget(ps)
 	c.pauseMu.Lock()
 	for _, p := range ps {
@@ -756,14 +1042,16 @@ func (c *Consumer) Stats() []PartitionStats {
 	for i := range out {
 		r := c.paused[record.Partition{Topic: out[i].Topic, Partition: out[i].Partition}]
 		out[i].Paused = r != 0
-		switch {
-		case r&pausedByBreaker != 0 && r&pausedByGate != 0:
-			out[i].PausedBy = "gate,breaker"
-		case r&pausedByBreaker != 0:
-			out[i].PausedBy = "breaker"
-		case r&pausedByGate != 0:
-			out[i].PausedBy = "gate"
+		var by []string
+		for _, reason := range []struct {
+			bit  pauseReason
+			name string
+		}{{pausedByGate, "gate"}, {pausedByBreaker, "breaker"}, {pausedBySeek, "seek"}} {
+			if r&reason.bit != 0 {
+				by = append(by, reason.name)
+			}
 		}
+		out[i].PausedBy = strings.Join(by, ",")
 	}
 	c.pauseMu.Unlock()
 	return out

@@ -61,6 +61,27 @@ func (t *tracker) done(seq uint64) {
 	}
 }
 
+// seek sets the position of a tracker with no admitted record to offset,
+// which the offset store holds (exactly-once): everything before it is done,
+// and a partition with no new record commits it, so that its lag counts from
+// there.
+func (t *tracker) seek(offset int64) {
+	if t.head != len(t.entries) {
+		return
+	}
+	t.pos = kgo.EpochOffset{Epoch: -1, Offset: offset}
+	t.known, t.dirty = true, true
+}
+
+// first returns the offset of the oldest admitted record that is not done,
+// and false when every admitted record is done.
+func (t *tracker) first() (int64, bool) {
+	if t.head == len(t.entries) {
+		return 0, false
+	}
+	return t.entries[t.head].offset, true
+}
+
 // outstanding returns how many admitted records are not yet behind the position.
 func (t *tracker) outstanding() int { return len(t.entries) - t.head }
 

@@ -7,6 +7,11 @@
 // assigned partition is paused and readiness fails; when it closes, they
 // resume.
 //
+// With sink.postgres.delivery exactly-once the PostgreSQL sink is also the
+// consumer's offset store (the stored positions it seeks to) and the flow
+// carries each batch's positions to it; a partition the sink fences is handed
+// back to the consumer to seek again.
+//
 // Concurrency contract: Run returns only after every goroutine it started has
 // stopped. Stats, Ready and Breaker may be called from any goroutine while Run
 // runs.
@@ -66,6 +71,7 @@ type Daemon struct {
 	consumer *consumer.Consumer
 	server   *obs.Server
 	ping     func(context.Context) error
+	offsets  consumer.OffsetStore // exactly-once only: the PostgreSQL sink
 	closers  []func() error
 	started  time.Time
 	stopping atomic.Bool
@@ -151,6 +157,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		Retry:            flow.RetryConfig{Initial: cfg.Sink.Retry.InitialBackoff, Max: cfg.Sink.Retry.MaxBackoff},
 		RecordsPerSecond: cfg.Flow.RateLimit.RecordsPerSecond,
 		Burst:            cfg.Flow.RateLimit.Burst,
+		ExactlyOnce:      d.offsets != nil,
 	}, d.gate, s, d.breaker, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
 
 	c, err := consumer.New(consumer.Options{
@@ -161,6 +168,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		Metrics:         d.metrics,
 		Registerer:      d.reg,
 		ExtraOpts:       o.KafkaOpts,
+		Offsets:         d.offsets,
 	}, d.pipe, d.gate)
 	if err != nil {
 		d.close()
@@ -193,23 +201,26 @@ func openDLQ(ctx context.Context, cfg *config.Config, extra []kgo.Opt) (*dlq.Kaf
 	return k, nil
 }
 
-// committerRef forwards done records to the consumer, built after the pipeline.
+// committerRef forwards done and fenced records to the consumer, built after
+// the pipeline.
 type committerRef struct{ c *consumer.Consumer }
 
-func (r *committerRef) Done(rs ...*record.Record) { r.c.Done(rs...) }
+func (r *committerRef) Done(rs ...*record.Record)  { r.c.Done(rs...) }
+func (r *committerRef) Fence(rs ...*record.Record) { r.c.Fence(rs...) }
 
 func (d *Daemon) openSink(ctx context.Context) (mapSink, error) {
 	switch d.cfg.Sink.Type {
 	case "postgres":
-		if d.cfg.Sink.Postgres.Delivery == config.DeliveryExactlyOnce {
-			return nil, errors.New("sink.postgres.delivery: exactly-once is not available in this version; use at-least-once (with mode upsert or key_columns a redelivery is harmless)")
-		}
 		s, err := postgres.New(ctx, d.cfg.Sink.Postgres, postgres.Options{
-			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Logger: d.log.Named("postgres")})
+			Lanes: d.cfg.Sink.Concurrency, WriteTimeout: d.cfg.Sink.WriteTimeout, Logger: d.log.Named("postgres"),
+			Group: d.cfg.Kafka.Group})
 		if err != nil {
 			return nil, err
 		}
 		d.ping = s.Ping
+		if d.cfg.Sink.Postgres.Delivery == config.DeliveryExactlyOnce {
+			d.offsets = s
+		}
 		d.closers = append(d.closers, func() error { s.Close(); return nil })
 		return s, nil
 	case "file":

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/record"
 )
 
 // TransientError says the sink is unavailable or overloaded: the write may be
@@ -44,6 +46,24 @@ type FatalError struct{ Err error }
 func (e *FatalError) Error() string { return "fatal sink error: " + e.Err.Error() }
 func (e *FatalError) Unwrap() error { return e.Err }
 
+// FencedError says the sink refused the batch because the positions it holds
+// for Partitions are not the ones this writer expected (exactly-once
+// delivery): another member owns those partitions since a rebalance and moved
+// them on, their assignment here has ended, or a write whose commit was lost
+// did commit after all. Nothing of the batch was written. Its records of the
+// fenced partitions are dropped: neither written, nor dead-lettered, nor done;
+// the consumer seeks those partitions to the positions the sink stored. The
+// batch's other records may be written again without them.
+type FencedError struct {
+	Partitions []record.Partition
+	Err        error
+}
+
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("sink fenced %d partition(s) %v: %v", len(e.Partitions), e.Partitions, e.Err)
+}
+func (e *FencedError) Unwrap() error { return e.Err }
+
 // Class is what the pipeline does with a failed write.
 type Class int
 
@@ -51,6 +71,7 @@ const (
 	ClassTransient Class = iota // retry with backoff; feeds the breaker
 	ClassRejected               // isolate the bad rows, dead-letter them, write the rest
 	ClassFatal                  // stop the pipeline
+	ClassFenced                 // drop the fenced partitions' records, write the rest (exactly-once)
 )
 
 // Classify decides what a Sink's write error means. Errors that carry no class
@@ -59,9 +80,12 @@ const (
 func Classify(err error) Class {
 	var fe *FatalError
 	var re *RejectedError
+	var fenced *FencedError
 	switch {
 	case errors.As(err, &fe):
 		return ClassFatal
+	case errors.As(err, &fenced):
+		return ClassFenced
 	case errors.As(err, &re):
 		return ClassRejected
 	default:

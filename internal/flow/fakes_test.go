@@ -54,6 +54,7 @@ func (f mapperFunc) Map(ctx context.Context, r *record.Record) (record.Row, erro
 type written struct {
 	rows []record.Row
 	recs []*record.Record
+	pos  []record.Position // exactly-once
 	at   time.Time
 }
 
@@ -109,7 +110,7 @@ func (s *fakeSink) Write(ctx context.Context, b *record.Batch) error {
 		return err
 	}
 	s.mu.Lock()
-	s.accepted = append(s.accepted, written{rows: slices.Clone(b.Rows), recs: slices.Clone(b.Records), at: time.Now()})
+	s.accepted = append(s.accepted, written{rows: slices.Clone(b.Rows), recs: slices.Clone(b.Records), pos: slices.Clone(b.Positions), at: time.Now()})
 	s.mu.Unlock()
 	return nil
 }
@@ -146,15 +147,32 @@ func (s *fakeSink) rows(t *testing.T) map[record.Partition][]int64 {
 	return out
 }
 
-// fakeCommitter records the records it was told are done. before, when set, is
-// called with each record as Done sees it, so a test can check what else is
-// true at that moment.
+// fakeCommitter records the records it was told are done, and those it was
+// told were fenced (it is a flow.Fencer). before, when set, is called with
+// each record as Done sees it, so a test can check what else is true at that
+// moment.
 type fakeCommitter struct {
 	before func(r *record.Record)
 
-	mu    sync.Mutex
-	times map[at]int
-	order []at
+	mu     sync.Mutex
+	times  map[at]int
+	order  []at
+	fenced []at
+}
+
+func (c *fakeCommitter) Fence(rs ...*record.Record) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range rs {
+		c.fenced = append(c.fenced, atOf(r))
+	}
+}
+
+// fencedRecords returns the records the committer was told were fenced.
+func (c *fakeCommitter) fencedRecords() []at {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.fenced)
 }
 
 func (c *fakeCommitter) Done(rs ...*record.Record) {

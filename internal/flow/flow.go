@@ -4,7 +4,16 @@
 // in order per partition while lanes write in parallel.
 //
 // flow knows nothing of Kafka or SQL. It declares the small interfaces it needs
-// (Mapper, Sink, DeadLetterer, Committer, Pauser) and is wired by cmd/sluice.
+// (Mapper, Sink, DeadLetterer, Committer, Fencer, Pauser) and is wired by
+// cmd/sluice.
+//
+// In exactly-once delivery (Config.ExactlyOnce) every batch also carries the
+// position each of its partitions moves to (record.Position), for a sink that
+// stores positions with the rows in one transaction. A position never passes a
+// record that is neither in the same or an earlier write nor acknowledged by
+// the dead-letter queue: a lane waits for the dead letters of its batch before
+// writing it, and a dead-lettered record is done only once a write has stored
+// a position past it.
 // Concurrency contract: Pipeline.Run owns every goroutine flow starts and returns
 // only after all of them have stopped; Admit may be called from one goroutine
 // (the consumer's poll loop) while Run is running.
@@ -47,6 +56,16 @@ type DeadLetterer interface {
 // called from any goroutine and must not block.
 type Committer interface {
 	Done(rs ...*record.Record)
+}
+
+// Fencer learns of records the sink refused with a *FencedError: another
+// writer owns their partition now, or their assignment has ended. They are not
+// done and never will be; the Fencer seeks their partition to the position the
+// sink stored. A Committer that is also a Fencer is told; Fence may be called
+// from any goroutine, for records of an assignment that has ended too, and
+// must not block.
+type Fencer interface {
+	Fence(rs ...*record.Record)
 }
 
 // Pauser pauses and resumes fetching of partitions. Called with the Gate's lock

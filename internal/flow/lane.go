@@ -1,9 +1,12 @@
 package flow
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,9 +19,65 @@ import (
 type lane struct {
 	p     *Pipeline
 	id    int
-	queue chan *item         // admission order; closed by CloseInput
-	wake  chan struct{}      // size 1: a record of this lane was settled
-	out   chan *record.Batch // unbuffered: the open batch waits for the writer
+	queue chan *item      // admission order; closed by CloseInput
+	wake  chan struct{}   // size 1: a record of this lane was settled
+	out   chan *laneBatch // unbuffered: the open batch waits for the writer
+}
+
+// laneBatch is a batch on its way from a lane's batcher to its writer. In
+// exactly-once delivery it also carries the poison records of its partitions
+// that the batcher sent to the dead-letter stage while the batch was open:
+// the batch's positions pass them, so the writer waits for their
+// acknowledgement before it writes, and marks them done after.
+type laneBatch struct {
+	*record.Batch
+	dead []*item
+	pos  map[record.Partition]*record.Position // exactly-once: the positions, by partition
+	last *record.Position                      // the position of the record added last
+}
+
+// position returns the position of r's partition in the batch, or nil.
+func (b *laneBatch) position(r *record.Record) *record.Position {
+	if b.last != nil && b.last.Partition.Partition == r.Partition && b.last.Topic == r.Topic {
+		return b.last // runs of one partition are common: spare the map
+	}
+	return b.pos[r.Part()]
+}
+
+// cover moves the position of r's partition past r. exactly-once only.
+func (b *laneBatch) cover(r *record.Record) {
+	ps := b.position(r)
+	if ps == nil {
+		ps = &record.Position{Partition: r.Part(), Next: r.Offset + 1, Generation: r.Ticket.Generation}
+		b.pos[r.Part()] = ps
+	}
+	ps.Next = max(ps.Next, r.Offset+1)
+	b.last = ps
+}
+
+// stale reports whether the batch holds records of r's partition from an
+// earlier assignment than r's (the consumer admitted r after a rebalance or a
+// fence): one batch carries one assignment per partition.
+func (b *laneBatch) stale(r *record.Record) bool {
+	ps := b.position(r)
+	return ps != nil && ps.Generation != r.Ticket.Generation
+}
+
+// seal fills Positions from pos, in (topic, partition) order, so that two
+// writers of the same partitions take their rows' locks in one order.
+func (b *laneBatch) seal() {
+	if b.pos == nil {
+		return
+	}
+	b.Positions = make([]record.Position, 0, len(b.pos))
+	for _, ps := range b.pos {
+		b.Positions = append(b.Positions, *ps)
+	}
+	slices.SortFunc(b.Positions, comparePosition)
+}
+
+func comparePosition(a, c record.Position) int {
+	return cmp.Or(cmp.Compare(a.Topic, c.Topic), cmp.Compare(a.Partition.Partition, c.Partition.Partition))
 }
 
 // batch takes settled items from the head of the queue, so rows keep their
@@ -27,13 +86,16 @@ type lane struct {
 // any open batch while the gate is full, goes as soon as the writer is free and
 // keeps growing until then. (Waiting for linger while the gate is full would
 // stall: the budget can be smaller than lanes x max_records.) Poison records go
-// to the dead-letter stage without holding up the rows behind them.
+// to the dead-letter stage without holding up the rows behind them; in
+// exactly-once delivery they also join the open batch (opening one if need
+// be), whose positions then pass them.
 func (l *lane) batch(ctx context.Context) error {
 	defer close(l.out)
 	cfg := l.p.cfg.Batch
+	eo := l.p.cfg.ExactlyOnce
 	var (
 		head      *item
-		open      *record.Batch
+		open      *laneBatch
 		linger    *time.Timer
 		lingerC   <-chan time.Time
 		expired   bool // the open batch's linger passed
@@ -54,6 +116,7 @@ func (l *lane) batch(ctx context.Context) error {
 		if open == nil {
 			return nil
 		}
+		open.seal()
 		select {
 		case l.out <- open:
 			sent()
@@ -61,6 +124,41 @@ func (l *lane) batch(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	// take adds the settled head to the open batch, opening one if need be,
+	// and sends the batch when it is full.
+	take := func(it *item) error {
+		if eo && open != nil && open.stale(it.rec) {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+		if open == nil {
+			open = &laneBatch{Batch: &record.Batch{Rows: make([]record.Row, 0, min(cfg.MaxRecords, 1024)), Records: make([]*record.Record, 0, min(cfg.MaxRecords, 1024))}}
+			if eo {
+				open.pos = map[record.Partition]*record.Position{}
+			}
+			if linger == nil {
+				linger = time.NewTimer(cfg.Linger)
+			} else {
+				linger.Reset(cfg.Linger)
+			}
+			lingerC = linger.C
+		}
+		if it.cause == nil {
+			open.Rows = append(open.Rows, it.row)
+			open.Records = append(open.Records, it.rec)
+			open.Bytes += it.rec.Size()
+		} else {
+			open.dead = append(open.dead, it)
+		}
+		if eo {
+			open.cover(it.rec)
+		}
+		if len(open.Rows)+len(open.dead) >= cfg.MaxRecords || (cfg.MaxBytes > 0 && open.Bytes >= cfg.MaxBytes) {
+			return send()
+		}
+		return nil
 	}
 	for {
 		if head == nil && queueOpen {
@@ -74,26 +172,20 @@ func (l *lane) batch(ctx context.Context) error {
 			default:
 			}
 		}
+		if head != nil && eo && head.state.Load() >= itemRow && l.p.fenced(head.rec) {
+			// Its assignment was fenced: the consumer reads the partition
+			// again from the stored position.
+			l.p.drop([]*record.Record{head.rec})
+			head = nil
+			continue
+		}
 		if head != nil {
 			switch head.state.Load() {
 			case itemRow:
-				if open == nil {
-					open = &record.Batch{Rows: make([]record.Row, 0, min(cfg.MaxRecords, 1024)), Records: make([]*record.Record, 0, min(cfg.MaxRecords, 1024))}
-					if linger == nil {
-						linger = time.NewTimer(cfg.Linger)
-					} else {
-						linger.Reset(cfg.Linger)
-					}
-					lingerC = linger.C
-				}
-				open.Rows = append(open.Rows, head.row)
-				open.Records = append(open.Records, head.rec)
-				open.Bytes += head.rec.Size()
+				it := head
 				head = nil
-				if len(open.Rows) >= cfg.MaxRecords || (cfg.MaxBytes > 0 && open.Bytes >= cfg.MaxBytes) {
-					if err := send(); err != nil {
-						return err
-					}
+				if err := take(it); err != nil {
+					return err
 				}
 				continue
 			case itemPoison:
@@ -101,6 +193,11 @@ func (l *lane) batch(ctx context.Context) error {
 				head = nil
 				if err := l.p.deadLetter(ctx, it); err != nil {
 					return err
+				}
+				if eo {
+					if err := take(it); err != nil {
+						return err
+					}
 				}
 				continue
 			}
@@ -112,10 +209,11 @@ func (l *lane) batch(ctx context.Context) error {
 		if head == nil {
 			q = l.queue
 		}
-		var out chan<- *record.Batch
+		var out chan<- *laneBatch
 		var full <-chan struct{}
 		if open != nil {
 			if expired || l.p.gate.isFull() {
+				open.seal()
 				out = l.out
 			} else {
 				full = l.p.gate.fullSignal()
@@ -143,7 +241,7 @@ func (l *lane) batch(ctx context.Context) error {
 // write writes the lane's batches in order until the batcher closes out.
 func (l *lane) write(ctx context.Context) error {
 	for {
-		var b *record.Batch
+		var b *laneBatch
 		var ok bool
 		select {
 		case b, ok = <-l.out:
@@ -157,7 +255,15 @@ func (l *lane) write(ctx context.Context) error {
 			return err
 		}
 		l.p.metrics.InflightRecords.Add(float64(b.Len()))
-		err := l.p.writeBatch(ctx, b)
+		var err error
+		if l.p.cfg.ExactlyOnce {
+			run := &exactRun{dead: b.dead}
+			if err = l.p.writeBatch(ctx, b.Batch, run); err == nil {
+				run.finish(l.p)
+			}
+		} else {
+			err = l.p.writeBatch(ctx, b.Batch, nil)
+		}
 		l.p.metrics.InflightRecords.Sub(float64(b.Len()))
 		if err != nil {
 			return err
@@ -182,10 +288,21 @@ func (p *Pipeline) limit(ctx context.Context, n int) error {
 
 // writeBatch writes b until it is written, retrying transient errors with
 // backoff and isolating rejected rows; it returns an error only for a fatal
-// sink error or when ctx ends.
-func (p *Pipeline) writeBatch(ctx context.Context, b *record.Batch) error {
+// sink error or when ctx ends. In exactly-once delivery run is the lane
+// batch's bookkeeping (nil otherwise): each write first drops what the sink
+// fenced and waits for the dead letters the positions pass.
+func (p *Pipeline) writeBatch(ctx context.Context, b *record.Batch, run *exactRun) error {
 	bo := p.backoff()
 	for {
+		if run != nil {
+			b = run.without(p, b)
+			if b.Len() == 0 && len(b.Positions) == 0 {
+				return nil
+			}
+			if err := run.awaitDeadLetters(ctx); err != nil {
+				return err
+			}
+		}
 		start := p.now()
 		wctx, cancel := ctx, context.CancelFunc(func() {})
 		if p.cfg.WriteTimeout > 0 {
@@ -195,26 +312,50 @@ func (p *Pipeline) writeBatch(ctx context.Context, b *record.Batch) error {
 		cancel()
 		p.metrics.SinkWriteDuration.Observe(p.now().Sub(start).Seconds())
 		if err == nil {
-			p.metrics.SinkBatchRecords.Observe(float64(b.Len()))
-			p.metrics.RecordsWritten.Add(float64(b.Len()))
-			p.written.Add(int64(b.Len()))
+			if b.Len() > 0 {
+				p.metrics.SinkBatchRecords.Observe(float64(b.Len()))
+				p.metrics.RecordsWritten.Add(float64(b.Len()))
+				p.written.Add(int64(b.Len()))
+			}
 			p.finish(b.Records)
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		switch Classify(err) {
+		class := Classify(err)
+		if class == ClassFenced && run == nil {
+			class = ClassFatal // a sink that fences batches without positions is broken
+			err = &FatalError{Err: fmt.Errorf("the sink fenced a batch that carries no positions: %w", err)}
+		}
+		switch class {
 		case ClassFatal:
 			p.metrics.SinkWriteErrors.WithLabelValues("fatal").Inc()
 			p.fatal.CompareAndSwap(nil, &err)
 			p.log.Error("sink write failed with an error a retry cannot fix; stopping", zap.Error(err))
 			return err
+		case ClassFenced:
+			var fe *FencedError
+			errors.As(err, &fe)
+			if !slices.ContainsFunc(b.Positions, func(ps record.Position) bool { return slices.Contains(fe.Partitions, ps.Partition) }) {
+				// Nothing to drop: the write would be refused again and again.
+				err = &FatalError{Err: fmt.Errorf("the sink fenced partitions the write does not carry: %w", err)}
+				p.metrics.SinkWriteErrors.WithLabelValues("fatal").Inc()
+				p.fatal.CompareAndSwap(nil, &err)
+				p.log.Error("sink write failed with an error a retry cannot fix; stopping", zap.Error(err))
+				return err
+			}
+			p.metrics.SinkWriteErrors.WithLabelValues("fenced").Inc()
+			p.log.Warn("the sink fenced partitions: another writer moved them on, or their assignment ended; dropping their records here, the consumer seeks them to the stored positions",
+				zap.Stringers("partitions", fe.Partitions), zap.Error(err))
+			run.fence(fe.Partitions)
+			p.markFenced(fe.Partitions, b.Positions)
+			continue // at once: the rest was not written, and nothing failed
 		case ClassRejected:
 			p.metrics.SinkWriteErrors.WithLabelValues("rejected").Inc()
 			var re *RejectedError
 			errors.As(err, &re)
-			return p.isolate(ctx, b, re)
+			return p.isolate(ctx, b, re, run)
 		default:
 			p.metrics.SinkWriteErrors.WithLabelValues("transient").Inc()
 			var te *TransientError
@@ -234,8 +375,19 @@ func (p *Pipeline) writeBatch(ctx context.Context, b *record.Batch) error {
 
 // isolate finds the rows of b the sink rejects, dead-letters them and writes
 // the rest in order. With the rows named it takes them out at once; otherwise
-// it splits the batch in halves and writes each half on its own.
-func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedError) error {
+// it splits the batch in halves and writes each half on its own. In
+// exactly-once delivery each part is a transaction of its own: the first half
+// moves its partitions to just past its own rows, the second half (and the
+// rest, when rows are named) carries b's positions, which pass the rejected
+// rows once the dead-letter queue has them; a part left without rows still
+// writes its positions.
+func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedError, run *exactRun) error {
+	if b.Len() == 0 {
+		err := error(&FatalError{Err: fmt.Errorf("the sink rejected a write without rows: %w", re)})
+		p.fatal.CompareAndSwap(nil, &err)
+		p.log.Error("sink write failed with an error a retry cannot fix; stopping", zap.Error(err))
+		return err
+	}
 	if len(re.Rows) > 0 && !validRows(re.Rows, b.Len()) {
 		p.log.Warn("the sink named rows outside the batch; bisecting instead", zap.Ints("rows", re.Rows), zap.Int("batch", b.Len()))
 		re = &RejectedError{Err: re.Err}
@@ -249,10 +401,10 @@ func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedErr
 			}
 			bad[row] = rejected(cause, re.Err)
 		}
-		good := &record.Batch{}
+		good := &record.Batch{Positions: b.Positions}
 		for i := range b.Rows {
 			if cause, ok := bad[i]; ok {
-				if err := p.deadLetter(ctx, &item{rec: b.Records[i], cause: cause}); err != nil {
+				if err := p.deadLetterRejected(ctx, &item{rec: b.Records[i], cause: cause}, run); err != nil {
 					return err
 				}
 				continue
@@ -261,21 +413,151 @@ func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedErr
 			good.Records = append(good.Records, b.Records[i])
 			good.Bytes += b.Records[i].Size()
 		}
-		if good.Len() == 0 {
+		if good.Len() == 0 && len(good.Positions) == 0 {
 			return nil
 		}
-		return p.writeBatch(ctx, good)
+		return p.writeBatch(ctx, good, run)
 	}
 	if b.Len() == 1 {
-		return p.deadLetter(ctx, &item{rec: b.Records[0], cause: rejected(nil, re.Err)})
+		if err := p.deadLetterRejected(ctx, &item{rec: b.Records[0], cause: rejected(nil, re.Err)}, run); err != nil {
+			return err
+		}
+		if len(b.Positions) == 0 {
+			return nil
+		}
+		return p.writeBatch(ctx, &record.Batch{Positions: b.Positions}, run)
 	}
 	mid := b.Len() / 2
-	for _, half := range []*record.Batch{slice(b, 0, mid), slice(b, mid, b.Len())} {
-		if err := p.writeBatch(ctx, half); err != nil {
+	first, second := slice(b, 0, mid), slice(b, mid, b.Len())
+	if len(b.Positions) > 0 {
+		first.Positions = prefixPositions(first.Records, b.Positions)
+		second.Positions = b.Positions
+	}
+	for _, half := range []*record.Batch{first, second} {
+		if err := p.writeBatch(ctx, half, run); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// deadLetterRejected sends a row the sink rejected to the dead-letter stage;
+// in exactly-once delivery the lane batch's positions pass it, so it joins
+// the batch's dead letters.
+func (p *Pipeline) deadLetterRejected(ctx context.Context, it *item, run *exactRun) error {
+	if err := p.deadLetter(ctx, it); err != nil {
+		return err
+	}
+	if run != nil {
+		run.dead = append(run.dead, it)
+	}
+	return nil
+}
+
+// prefixPositions returns the positions of a batch's first rows, rs: each
+// partition of rs moves just past its last row there (offsets are not dense,
+// so that is the row's offset + 1), with the generation of all's position.
+func prefixPositions(rs []*record.Record, all []record.Position) []record.Position {
+	next := map[record.Partition]int64{}
+	for _, r := range rs {
+		next[r.Part()] = max(next[r.Part()], r.Offset+1)
+	}
+	out := make([]record.Position, 0, len(next))
+	for _, ps := range all {
+		if n, ok := next[ps.Partition]; ok {
+			out = append(out, record.Position{Partition: ps.Partition, Next: n, Generation: ps.Generation})
+		}
+	}
+	return out
+}
+
+// exactRun is the exactly-once bookkeeping of one lane batch while the writer
+// writes it, in one write or in bisected parts.
+type exactRun struct {
+	// dead are the batch's dead letters: acknowledged before any of its
+	// writes, done after the last (the last write carries the batch's
+	// positions, which pass them all).
+	dead []*item
+	// fenced are the partitions the sink fenced: nothing more of them is
+	// written or done.
+	fenced map[record.Partition]bool
+}
+
+func (r *exactRun) fence(ps []record.Partition) {
+	if r.fenced == nil {
+		r.fenced = map[record.Partition]bool{}
+	}
+	for _, p := range ps {
+		r.fenced[p] = true
+	}
+}
+
+// awaitDeadLetters waits until the dead-letter queue acknowledged every dead
+// letter of the batch so far: a position may pass them only then.
+func (r *exactRun) awaitDeadLetters(ctx context.Context) error {
+	for _, it := range r.dead {
+		select {
+		case <-it.stored:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// without returns b without the rows and positions of fenced partitions, and
+// drops those records: their budget is released and the Fencer told, and
+// they are never done. b itself is left as it is.
+func (r *exactRun) without(p *Pipeline, b *record.Batch) *record.Batch {
+	if len(r.fenced) == 0 {
+		return b
+	}
+	keep := &record.Batch{}
+	var dropped []*record.Record
+	for i, rec := range b.Records {
+		if r.fenced[rec.Part()] {
+			dropped = append(dropped, rec)
+			continue
+		}
+		keep.Rows = append(keep.Rows, b.Rows[i])
+		keep.Records = append(keep.Records, rec)
+		keep.Bytes += rec.Size()
+	}
+	for _, ps := range b.Positions {
+		if !r.fenced[ps.Partition] {
+			keep.Positions = append(keep.Positions, ps)
+		}
+	}
+	p.drop(dropped)
+	return keep
+}
+
+// finish marks the batch's dead letters done once its writes are over; those
+// of fenced partitions are dropped instead.
+func (r *exactRun) finish(p *Pipeline) {
+	done := make([]*record.Record, 0, len(r.dead))
+	var dropped []*record.Record
+	for _, it := range r.dead {
+		if r.fenced[it.rec.Part()] {
+			dropped = append(dropped, it.rec)
+		} else {
+			done = append(done, it.rec)
+		}
+	}
+	p.finish(done)
+	p.drop(dropped)
+}
+
+// drop releases the budget of records that will never be done (their
+// partition was fenced) and tells the Fencer.
+func (p *Pipeline) drop(rs []*record.Record) {
+	if len(rs) == 0 {
+		return
+	}
+	p.gate.Release(rs...)
+	if p.fencer != nil {
+		p.fencer.Fence(rs...)
+	}
 }
 
 func validRows(rows []int, n int) bool {

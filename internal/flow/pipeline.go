@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,12 @@ type Config struct {
 	// RecordsPerSecond limits rows written per second across all lanes; 0 is off.
 	RecordsPerSecond float64
 	Burst            int
+	// ExactlyOnce makes every batch carry its partitions' positions
+	// (record.Batch.Positions) for a sink that stores them with the rows,
+	// orders each write after the dead letters its positions pass, and makes
+	// a dead-lettered record done only once a write stored a position past it.
+	// The sink may answer with a *FencedError.
+	ExactlyOnce bool
 }
 
 // BatchConfig bounds one sink write.
@@ -52,6 +59,7 @@ type Pipeline struct {
 	sink      Sink
 	dlq       DeadLetterer
 	committer Committer
+	fencer    Fencer // the committer, when it is one
 	metrics   *metrics.Metrics
 	log       *zap.Logger
 	limiter   *rate.Limiter
@@ -65,9 +73,19 @@ type Pipeline struct {
 	inputClosed atomic.Bool
 	closedCh    chan struct{} // closed by CloseInput
 	drained     chan struct{}
+	// unsettled counts admitted records whose mapping has no outcome yet;
+	// the watchdog watches until input is closed and it is 0.
+	unsettled atomic.Int64
 
 	workers []*worker
 	wmu     sync.Mutex
+
+	// Exactly-once only: per partition, the newest assignment generation
+	// the sink fenced. The lanes drop records of it, and of older ones,
+	// instead of batching or dead-lettering them.
+	fencedMu  sync.Mutex
+	fencedGen map[record.Partition]uint64
+	anyFenced atomic.Bool
 
 	// Counters for /status and the demo.
 	consumed, written, deadLettered atomic.Int64
@@ -90,11 +108,12 @@ func New(cfg Config, gate *Gate, mapper Mapper, sink Sink, dlq DeadLetterer, com
 	for _, o := range opts {
 		o(p)
 	}
+	p.fencer, _ = committer.(Fencer)
 	capacity := gate.cfg.MaxRecords + 1 // +1: an empty gate admits one record over budget
 	p.work = make(chan *item, capacity)
 	p.deadQueue = make(chan *item, capacity)
 	for i := range max(1, cfg.Lanes) {
-		p.lanes = append(p.lanes, &lane{p: p, id: i, queue: make(chan *item, capacity), wake: make(chan struct{}, 1), out: make(chan *record.Batch)})
+		p.lanes = append(p.lanes, &lane{p: p, id: i, queue: make(chan *item, capacity), wake: make(chan struct{}, 1), out: make(chan *laneBatch)})
 	}
 	if cfg.RecordsPerSecond > 0 {
 		burst := max(cfg.Burst, 1)
@@ -110,6 +129,9 @@ type item struct {
 	state atomic.Int32 // itemPending, itemClaimed, itemRow, itemPoison
 	row   record.Row
 	cause *PoisonError
+	// stored is closed when the dead-letter queue acknowledged the record;
+	// made in exactly-once delivery only, when the record is dead-lettered.
+	stored chan struct{}
 }
 
 const (
@@ -125,6 +147,7 @@ func (it *item) settle(row record.Row, cause *PoisonError) bool {
 	if !it.state.CompareAndSwap(itemPending, itemClaimed) {
 		return false
 	}
+	it.lane.p.unsettled.Add(-1)
 	it.row, it.cause = row, cause
 	if cause != nil {
 		it.state.Store(itemPoison)
@@ -156,6 +179,7 @@ func (p *Pipeline) Admit(r *record.Record) {
 		p.laneOf[part] = l
 	}
 	it := &item{rec: r, lane: l}
+	p.unsettled.Add(1)
 	l.queue <- it
 	p.work <- it
 	p.metrics.RecordsConsumed.Inc()
@@ -213,7 +237,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	lanesDone := make(chan struct{})
 	g.Go(func() error { lanes.Wait(); close(lanesDone); return nil })
 	g.Go(func() error { return p.deadLetterLoop(ctx, lanesDone) })
-	return g.Wait()
+	err := g.Wait()
+	if fatal := p.Fatal(); fatal != nil {
+		// Two lanes may fail at once: Run returns the one Fatal reports.
+		return fatal
+	}
+	return err
 }
 
 // worker maps records. A worker whose record exceeded the timeout is
@@ -299,7 +328,10 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 		}
 		deadline := p.now().Add(-p.cfg.RecordTimeout).UnixNano()
 		p.wmu.Lock()
-		if p.inputClosed.Load() && len(p.work) == 0 && p.idle() {
+		// Not "no worker holds a record": a worker that took a record from
+		// work and has not yet marked it current would look idle, and its
+		// record would never time out.
+		if p.inputClosed.Load() && p.unsettled.Load() == 0 {
 			p.wmu.Unlock()
 			return
 		}
@@ -327,18 +359,11 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// idle reports whether no live worker holds a record. p.wmu held.
-func (p *Pipeline) idle() bool {
-	for _, w := range p.workers {
-		if w.current.Load() != nil {
-			return false
-		}
-	}
-	return true
-}
-
 // finish marks records done: committed past, and their budget released.
 func (p *Pipeline) finish(rs []*record.Record) {
+	if len(rs) == 0 {
+		return
+	}
 	p.committer.Done(rs...)
 	p.gate.Release(rs...)
 	now := p.now()
@@ -377,18 +402,27 @@ func (p *Pipeline) deadLetterLoop(ctx context.Context, lanesDone <-chan struct{}
 		}
 		g, gctx := errgroup.WithContext(ctx)
 		for _, it := range batch {
-			g.Go(func() error { return p.storeDeadLetter(gctx, it) })
+			g.Go(func() error {
+				if err := p.storeDeadLetter(gctx, it); err != nil {
+					return err
+				}
+				if it.stored != nil {
+					close(it.stored) // its lane's writer may go on
+				}
+				return nil
+			})
 		}
 		if err := g.Wait(); err != nil {
 			return err
 		}
+		rs := make([]*record.Record, 0, len(batch))
 		for _, it := range batch {
 			p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
 			p.deadLettered.Add(1)
-		}
-		rs := make([]*record.Record, len(batch))
-		for i, it := range batch {
-			rs[i] = it.rec
+			if it.stored == nil {
+				rs = append(rs, it.rec)
+			}
+			// else exactly-once: done once a write stored a position past it
 		}
 		p.finish(rs)
 	}
@@ -416,13 +450,45 @@ func (p *Pipeline) storeDeadLetter(ctx context.Context, it *item) error {
 	}
 }
 
+// deadLetter hands it to the dead-letter stage. In exactly-once delivery it
+// also makes it.stored, which the stage closes on the acknowledgement.
 func (p *Pipeline) deadLetter(ctx context.Context, it *item) error {
+	if p.cfg.ExactlyOnce {
+		it.stored = make(chan struct{})
+	}
 	select {
 	case p.deadQueue <- it:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// markFenced records that the sink fenced ps in the generations their
+// positions carry.
+func (p *Pipeline) markFenced(ps []record.Partition, positions []record.Position) {
+	p.fencedMu.Lock()
+	defer p.fencedMu.Unlock()
+	if p.fencedGen == nil {
+		p.fencedGen = map[record.Partition]uint64{}
+	}
+	for _, pos := range positions {
+		if slices.Contains(ps, pos.Partition) {
+			p.fencedGen[pos.Partition] = max(p.fencedGen[pos.Partition], pos.Generation)
+		}
+	}
+	p.anyFenced.Store(true)
+}
+
+// fenced reports whether r's assignment was fenced: r is to be dropped.
+func (p *Pipeline) fenced(r *record.Record) bool {
+	if !p.anyFenced.Load() {
+		return false
+	}
+	p.fencedMu.Lock()
+	defer p.fencedMu.Unlock()
+	g, ok := p.fencedGen[r.Part()]
+	return ok && r.Ticket.Generation <= g
 }
 
 // Fatal returns the fatal sink error that stopped the pipeline, if any.

@@ -40,7 +40,9 @@ type Record struct {
 	Headers     []Header
 
 	// Ticket is set by the consumer when it admits the record and identifies the
-	// record to the consumer's commit tracker. Nobody else reads or changes it.
+	// record to the consumer's commit tracker. Nobody else changes it; in
+	// exactly-once delivery the lanes copy its Generation into the Positions of
+	// the record's batch, so that the sink can refuse a stale assignment.
 	Ticket Ticket
 
 	// Admitted is when the record entered the flow gate; it feeds
@@ -89,6 +91,25 @@ type Batch struct {
 	Rows    []Row
 	Records []*Record
 	Bytes   int
+	// Positions is set only in exactly-once delivery: one per partition the
+	// batch moves on, in (topic, partition) order, for the sink to store with
+	// the rows in the same transaction. A batch may hold positions and no rows
+	// when every record it covers went to the dead-letter queue.
+	Positions []Position
+}
+
+// Position is where a partition stands once a batch is written, in
+// exactly-once delivery: every record of the partition before Next is written
+// (in this batch or an earlier one) or dead-lettered, and no row of the batch
+// is at or after Next.
+type Position struct {
+	Partition
+	// Next is the offset after the last record the batch covers: that record's
+	// offset + 1, since offsets are not dense (transaction markers leave gaps).
+	Next int64
+	// Generation is the Ticket.Generation of the batch's records of the
+	// partition: the assignment they were consumed under.
+	Generation uint64
 }
 
 // Len returns the number of rows in the batch.

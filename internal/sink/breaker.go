@@ -113,7 +113,8 @@ func OnProbe(f func(successes int)) Option { return func(b *Breaker) { b.onProbe
 // through and counts consecutive transient failures (flow.ClassTransient);
 // failure_threshold of them open it. A write whose rows the sink rejected
 // (flow.ClassRejected) proves the sink reachable and counts as a success; a
-// fatal error, or a write cancelled by its caller, counts as neither. Open, it
+// fatal error, a fenced write (flow.ClassFenced), or a write cancelled by its
+// caller, counts as neither. Open, it
 // fails every write fast with ErrBreakerOpen and a RetryAfter of the time left
 // until half-open. After open_for it is half-open: at most
 // max(1, ceil(half_open_share x lanes)) writes are in flight at once, the others
@@ -232,9 +233,11 @@ func (b *Breaker) settle(ctx context.Context, gen uint64, err error) {
 				b.onProbe(b.succeeded)
 			}
 		}
-	case flow.Classify(err) == flow.ClassFatal, errors.Is(ctx.Err(), context.Canceled):
+	case flow.Classify(err) == flow.ClassFatal, flow.Classify(err) == flow.ClassFenced, errors.Is(ctx.Err(), context.Canceled):
 		// Not the sink's availability: a configuration the breaker cannot
-		// fix, or a caller that gave up (shutdown).
+		// fix, a write another writer fenced out (exactly-once; often
+		// refused before the sink is asked), or a caller that gave up
+		// (shutdown).
 	default:
 		b.lastErr = err
 		switch b.state {

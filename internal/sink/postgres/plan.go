@@ -82,11 +82,9 @@ func newPlan(t *tableDef, cfg config.Postgres) (*plan, error) {
 		errs = append(errs, fmt.Errorf("sink.postgres.mode: unknown mode %q (want insert or upsert)", cfg.Mode))
 	}
 	switch cfg.Delivery {
-	case "", "at-least-once":
-	case "exactly-once":
-		errs = append(errs, errors.New("sink.postgres.delivery: exactly-once is not supported by the postgres sink yet (use at-least-once)"))
+	case "", config.DeliveryAtLeastOnce, config.DeliveryExactlyOnce:
 	default:
-		errs = append(errs, fmt.Errorf("sink.postgres.delivery: unknown delivery %q (want at-least-once)", cfg.Delivery))
+		errs = append(errs, fmt.Errorf("sink.postgres.delivery: unknown delivery %q (want at-least-once or exactly-once)", cfg.Delivery))
 	}
 	if !t.CanInsert {
 		errs = append(errs, fmt.Errorf("sink.postgres.table: the database role may not INSERT into table %s", t))

@@ -139,8 +139,8 @@ func TestPlanRefuses(t *testing.T) {
 			"sink.postgres.key_columns: upsert mode needs key_columns"},
 		{"unknown mode", ordersTable(), ordersConfig("merge"),
 			`sink.postgres.mode: unknown mode "merge"`},
-		{"exactly-once", ordersTable(), func() config.Postgres { c := ordersConfig("insert"); c.Delivery = "exactly-once"; return c }(),
-			"sink.postgres.delivery: exactly-once is not supported"},
+		{"unknown delivery", ordersTable(), func() config.Postgres { c := ordersConfig("insert"); c.Delivery = "exactly-twice"; return c }(),
+			`sink.postgres.delivery: unknown delivery "exactly-twice"`},
 		{"key not mapped", ordersTable(), func() config.Postgres {
 			c := ordersConfig("upsert", "id")
 			delete(c.Columns, "id")

@@ -13,10 +13,16 @@
 // database (*flow.TransientError), a configuration that can never work
 // (*flow.FatalError).
 //
-// Concurrency: Map, Write and Ping may be called from any number of goroutines
-// at once; each Write holds one pooled connection for its transaction. Close
-// may be called once, after every Write and Ping has returned. Neither the DSN
-// nor the password ever appears in an error.
+// With delivery exactly-once the sink also keeps the offsets table (offsets.go):
+// each Write stores the batch's positions in the same transaction as its rows,
+// with a compare-and-set that fences out any other writer of its partitions
+// (*flow.FencedError), and Claim gives the consumer the stored positions to
+// seek to.
+//
+// Concurrency: Map, Write, Ping, Claim and Release may be called from any
+// number of goroutines at once; each Write holds one pooled connection for its
+// transaction. Close may be called once, after every Write, Ping and Claim has
+// returned. Neither the DSN nor the password ever appears in an error.
 package postgres
 
 import (
@@ -51,6 +57,9 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Logger receives the sink's start-up line. Nil logs nothing.
 	Logger *zap.Logger
+	// Group is the consumer group (kafka.group): with delivery exactly-once,
+	// the consumer_group of the offsets table's rows. Required then.
+	Group string
 }
 
 // Sink writes mapped records to one PostgreSQL table. It implements flow.Mapper
@@ -61,6 +70,7 @@ type Sink struct {
 	writeTimeout time.Duration
 	secrets      []string // never shown in an error: the DSN and the password
 	log          *zap.Logger
+	offsets      *offsetStore // delivery exactly-once only
 }
 
 const (
@@ -129,6 +139,10 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 		return nil, s.scrub(fmt.Errorf("sink.postgres.dsn: connect to PostgreSQL: %w", err))
 	}
 	t, err := loadTable(ctx, conn, cfg.Table)
+	var offsetsTable *tableDef
+	if err == nil && cfg.Delivery == config.DeliveryExactlyOnce {
+		offsetsTable, err = setUpOffsets(ctx, conn, cfg, t, opts.Group)
+	}
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	_ = conn.Close(closeCtx)
 	cancel()
@@ -137,6 +151,9 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 	}
 	if s.plan, err = newPlan(t, cfg); err != nil {
 		return nil, err
+	}
+	if offsetsTable != nil {
+		s.offsets = newOffsetStore(offsetsTable, opts.Group)
 	}
 
 	if s.plan.createStaging != "" {
@@ -157,9 +174,14 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 		s.pool.Close()
 		return nil, s.scrub(fmt.Errorf("connect to PostgreSQL: %w", err))
 	}
+	delivery := config.DeliveryAtLeastOnce
+	if s.offsets != nil {
+		delivery = config.DeliveryExactlyOnce + " (offsets in " + s.offsets.tableName + ")"
+	}
 	log.Info("postgres sink ready",
 		zap.String("table", s.plan.tableName),
 		zap.Stringer("mode", s.plan.mode),
+		zap.String("delivery", delivery),
 		zap.Strings("columns", s.plan.columns),
 		zap.Strings("key_columns", s.plan.keys),
 		zap.Int32("max_conns", poolCfg.MaxConns))
@@ -194,9 +216,16 @@ func (s *Sink) Map(_ context.Context, r *record.Record) (record.Row, error) {
 // which, else the caller bisects); a *flow.FatalError when the write can never
 // succeed as configured; a *flow.TransientError otherwise. Rows must come from
 // this sink's Map.
+//
+// With delivery exactly-once the batch must carry the positions of its
+// partitions (record.Batch.Positions), and the transaction stores them in the
+// offsets table with a compare-and-set on the offsets this sink last read
+// (Claim) or wrote. A batch may then hold positions and no rows. Write fails
+// with a *flow.FencedError, having written nothing, when a partition is not
+// claimed for the batch's assignment or another writer has moved it on.
 func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 	n := len(b.Rows)
-	if n == 0 {
+	if n == 0 && len(b.Positions) == 0 {
 		return nil
 	}
 	for i, row := range b.Rows {
@@ -204,6 +233,21 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 			return &flow.FatalError{Err: fmt.Errorf("write to %s: row %d has %d values for %d columns; rows must come from this sink's Map",
 				s.plan.tableName, i, len(row), len(s.plan.columns))}
 		}
+	}
+	var cas *casPlan
+	switch {
+	case s.offsets != nil:
+		if len(b.Records) != n {
+			return &flow.FatalError{Err: fmt.Errorf("write to %s: %d rows for %d records", s.plan.tableName, n, len(b.Records))}
+		}
+		if cas, err = s.offsets.prepare(b); err != nil {
+			return err
+		}
+		if n == 0 && len(cas.parts) == 0 {
+			return nil // nothing moves
+		}
+	case len(b.Positions) > 0:
+		return &flow.FatalError{Err: fmt.Errorf("write to %s: the batch carries positions, and sink.postgres.delivery is not exactly-once", s.plan.tableName)}
 	}
 	if s.writeTimeout > 0 {
 		var cancel context.CancelFunc
@@ -223,7 +267,9 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 		}
 	}()
 
-	if s.plan.mode == modeCopy {
+	switch {
+	case n == 0:
+	case s.plan.mode == modeCopy:
 		copied, err := tx.CopyFrom(ctx, s.plan.table, s.plan.columns, &rowSource{rows: b.Rows})
 		if err != nil {
 			return s.classify("copy into", err, n, true)
@@ -231,7 +277,7 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 		if copied != int64(n) {
 			return &flow.TransientError{Err: fmt.Errorf("copy into %s: copied %d rows of %d", s.plan.tableName, copied, n)}
 		}
-	} else {
+	default:
 		src := &rowSource{rows: b.Rows, ord: make([]any, 0, len(s.plan.stagingColumns))}
 		if _, err := tx.CopyFrom(ctx, stagingIdent, s.plan.stagingColumns, src); err != nil {
 			return s.classify("copy into the staging table of", err, n, true)
@@ -240,8 +286,19 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 			return s.classify("merge into", err, n, false)
 		}
 	}
+	if cas != nil && len(cas.parts) > 0 {
+		if err := s.offsets.store(ctx, tx, cas); err != nil {
+			return s.classifyOffsets(err)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
+		// With exactly-once, a commit whose outcome is unknown is retried
+		// with the same compare-and-set: if it did commit, the retry is
+		// fenced and the consumer seeks past the rows it wrote.
 		return s.classify("commit a write to", err, n, false)
+	}
+	if cas != nil {
+		s.offsets.advance(cas)
 	}
 	return nil
 }
