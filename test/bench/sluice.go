@@ -145,13 +145,9 @@ func loadConfig(path, dsn string, overrides map[string]string) (*config.Config, 
 
 // memoryBound evaluates the README's formula for cfg, in bytes.
 func memoryBound(cfg *config.Config, largestRecord int) (int64, string) {
-	const runtime = 40 << 20
-	fetch := int64(cfg.Kafka.MaxConcurrentFetches) * int64(cfg.Kafka.FetchMaxBytes)
-	buffered := 2 * int64(cfg.Flow.MaxBufferedBytes)
-	poll := int64(cfg.Kafka.MaxPollRecords) * int64(largestRecord)
-	expr := fmt.Sprintf("40 + %d × %s + 2 × %s + %d × %d B", cfg.Kafka.MaxConcurrentFetches, mib(int64(cfg.Kafka.FetchMaxBytes)),
+	expr := fmt.Sprintf("%d + %d × %s + 2 × %s + %d × %d B", config.RuntimeBaseline>>20, cfg.Kafka.MaxConcurrentFetches, mib(int64(cfg.Kafka.FetchMaxBytes)),
 		mib(int64(cfg.Flow.MaxBufferedBytes)), cfg.Kafka.MaxPollRecords, largestRecord)
-	return runtime + fetch + buffered + poll, expr
+	return int64(config.MemoryBound(cfg, config.ByteSize(largestRecord))), expr
 }
 
 // freeAddr returns a 127.0.0.1 address with a port nobody listens on now.
