@@ -39,6 +39,7 @@ import (
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/record"
+	"github.com/sluicehq/sluice/internal/sink/jsonrec"
 )
 
 const (
@@ -88,7 +89,7 @@ type Sink struct {
 	format       string
 	header       nethttp.Header // sent with every request
 	host         string         // a configured Host header, which Go takes from Request.Host
-	columns      []column
+	columns      jsonrec.Columns
 	client       *nethttp.Client
 	transport    *nethttp.Transport
 	writeTimeout time.Duration
@@ -124,7 +125,7 @@ func New(cfg config.HTTP, opts Options) (*Sink, error) {
 	default:
 		return nil, fmt.Errorf("sink.http.format: %q is neither %s nor %s", cfg.Format, config.FormatNDJSON, config.FormatJSON)
 	}
-	if s.columns, err = compileColumns("sink.http.columns", opts.Columns); err != nil {
+	if s.columns, err = jsonrec.Compile("sink.http.columns", opts.Columns); err != nil {
 		return nil, err
 	}
 
@@ -249,13 +250,7 @@ func (s *Sink) Map(ctx context.Context, r *record.Record) (record.Row, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var obj []byte
-	var err error
-	if s.columns == nil {
-		obj, err = encodeRecord(r)
-	} else {
-		obj, err = encodeColumns(s.columns, r)
-	}
+	obj, err := jsonrec.Encode(s.columns, r)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,9 @@
-package http
+// Package jsonrec encodes a record as one JSON object, the same way for every
+// sink that writes JSON (the file sink's lines, the HTTP sink's bodies): the
+// whole record, or the columns an operator mapped with the sources of
+// sink.postgres.columns. Compile once at start; Encode is safe for concurrent
+// use.
+package jsonrec
 
 import (
 	"bytes"
@@ -16,11 +21,6 @@ import (
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/record"
 )
-
-// The encoder below writes the same JSON object for a record as the file
-// sink's Map does (package file keeps its encoder unexported), so that a
-// record looks the same in a JSON-lines file and in a request body. A test
-// holds the two to the same output.
 
 // wholeRecord is a record's object in whole-record mode; the field order is
 // the order in the object.
@@ -206,4 +206,25 @@ func encodeColumns(cols []column, r *record.Record) ([]byte, error) {
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil
+}
+
+// Columns is a compiled column mapping; nil means the whole record.
+type Columns []column
+
+// Compile parses a column mapping (column -> source) into columns ordered by
+// name; key is the mapping's configuration path, for errors. An empty mapping
+// compiles to nil: the whole record.
+func Compile(key string, m map[string]string) (Columns, error) {
+	cols, err := compileColumns(key, m)
+	return Columns(cols), err
+}
+
+// Encode returns r as one JSON object: the whole record when cols is nil,
+// else the mapped columns. A value path into a value that is not JSON is a
+// flow.Decode error.
+func Encode(cols Columns, r *record.Record) ([]byte, error) {
+	if cols == nil {
+		return encodeRecord(r)
+	}
+	return encodeColumns(cols, r)
 }
