@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/test/proc"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc: 100 on every
@@ -48,33 +49,7 @@ func readStat(pid int) (procStat, error) {
 }
 
 // memStatus reads VmRSS and VmHWM of pid in bytes.
-func memStatus(pid int) (rss, hwm int64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
-			continue
-		}
-		f := strings.Fields(v) // "123456 kB"
-		if len(f) == 0 {
-			continue
-		}
-		n, _ := strconv.ParseInt(f[0], 10, 64)
-		if k == "VmRSS" {
-			rss = n * 1024
-		} else {
-			hwm = n * 1024
-		}
-	}
-	if rss == 0 && hwm == 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS (the process has exited)", pid)
-	}
-	return rss, hwm, nil
-}
+func memStatus(pid int) (rss, hwm int64, err error) { return proc.Mem(pid) }
 
 // hostCPU reads the busy and total CPU time of the whole machine (all CPUs)
 // from the first line of /proc/stat.

@@ -3,15 +3,11 @@
 package chaos
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	procfs "github.com/sluicehq/sluice/test/proc"
 )
 
 // Sampling periods: RSS from /proc is cheap; /metrics and /status cost the
@@ -151,33 +147,7 @@ func (m *monitor) lastMetrics() metricsDoc {
 }
 
 // memStatus reads VmRSS and VmHWM of pid in bytes.
-func memStatus(pid int) (rss, hwm int64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
-			continue
-		}
-		f := strings.Fields(v) // "123456 kB"
-		if len(f) == 0 {
-			continue
-		}
-		n, _ := strconv.ParseInt(f[0], 10, 64)
-		if k == "VmRSS" {
-			rss = n * 1024
-		} else {
-			hwm = n * 1024
-		}
-	}
-	if rss == 0 && hwm == 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS (the process has exited)", pid)
-	}
-	return rss, hwm, nil
-}
+func memStatus(pid int) (rss, hwm int64, err error) { return procfs.Mem(pid) }
 
 // meanRSS is the mean of samples, 0 for none.
 func meanRSS(samples []rssSample) int64 {
