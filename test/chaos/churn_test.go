@@ -40,7 +40,7 @@ func TestGroupChurn(t *testing.T) {
 	adm := testenv.Admin(t, brokers)
 	topic := testenv.NewTopic(t, brokers, 12)
 	group := testenv.NewGroup(t, brokers)
-	deleteTopicAtEnd(t, adm, group+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 	table := testenv.NewTable(t, dsn, upsertDDL)
 	regressions := testenv.NewTable(t, dsn, "(id bigint, old_seq bigint, new_seq bigint, at timestamptz DEFAULT now())")
 	conn := pgConn(t, dsn)

@@ -51,7 +51,7 @@ func TestCrash(t *testing.T) {
 			adm := testenv.Admin(t, brokers)
 			topic := testenv.NewTopic(t, brokers, 6)
 			group := testenv.NewGroup(t, brokers)
-			deleteTopicAtEnd(t, adm, group+".dlq")
+			testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 			table := testenv.NewTable(t, dsn, tc.ddl)
 			conn := pgConn(t, dsn)
 

@@ -35,7 +35,7 @@ func TestSinkOutage(t *testing.T) {
 	adm := testenv.Admin(t, brokers)
 	topic := testenv.NewTopic(t, brokers, 6)
 	group := testenv.NewGroup(t, brokers)
-	deleteTopicAtEnd(t, adm, group+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 	table := testenv.UniqueName(t, "chaos")
 	setup := pgConn(t, pg.DSN)
 	if _, err := setup.Exec(t.Context(), "CREATE TABLE public."+table+" "+ordersDDL); err != nil {

@@ -43,7 +43,7 @@ func TestOverload(t *testing.T) {
 	adm := testenv.Admin(t, brokers)
 	topic := testenv.NewTopic(t, brokers, 6)
 	group := testenv.NewGroup(t, brokers)
-	deleteTopicAtEnd(t, adm, group+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 	table := testenv.NewTable(t, dsn, ordersDDL)
 
 	cfg := baseConfig(brokers, group, topic, dsn, table, config.ModeInsert)

@@ -105,7 +105,7 @@ func poisonFlood(t *testing.T, brokers []string, dsn, mode string, n int64, roun
 	oneRun := func(poison bool) run {
 		topic := testenv.NewTopic(t, brokers, 6)
 		group := testenv.NewGroup(t, brokers)
-		deleteTopicAtEnd(t, adm, group+".dlq")
+		testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 		table := testenv.NewTable(t, dsn, ddl)
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 		defer cancel()

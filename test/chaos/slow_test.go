@@ -84,7 +84,7 @@ func TestSlowRecord(t *testing.T) {
 	adm := testenv.Admin(t, brokers)
 	topic := testenv.NewTopic(t, brokers, partitions)
 	group := testenv.NewGroup(t, brokers)
-	deleteTopicAtEnd(t, adm, group+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 	huge := hugeNumeric()
 	var ddl strings.Builder
 	ddl.WriteString("(id bigint NOT NULL, amount numeric(12,2), seq bigint, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL")

@@ -58,7 +58,7 @@ func TestSoak(t *testing.T) {
 
 	// The maximum rate: a backlog written as fast as sluice can.
 	calTopic, calGroup, calTable := testenv.NewTopic(t, brokers, 6), testenv.NewGroup(t, brokers), newTable()
-	deleteTopicAtEnd(t, adm, calGroup+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, calGroup+".dlq")
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	newProducer(t, brokers, calTopic).produceN(ctx, 0, calibrate, keyed(calTopic))
@@ -74,7 +74,7 @@ func TestSoak(t *testing.T) {
 
 	// The soak.
 	topic, group, table := testenv.NewTopic(t, brokers, 6), testenv.NewGroup(t, brokers), newTable()
-	deleteTopicAtEnd(t, adm, group+".dlq")
+	testenv.DeleteTopicAtEnd(t, adm, group+".dlq")
 	cfg := baseConfig(brokers, group, topic, pg.DSN, table, config.ModeInsert)
 	cfg.BreakerThreshold, cfg.BreakerOpenFor, cfg.BreakerHalfOpenSuccesses = 3, 2*time.Second, 2
 	cfg.WriteTimeout = 5 * time.Second

@@ -298,23 +298,6 @@ func waitLagZero(t *testing.T, adm *kadm.Client, group, topic string, limit time
 	return 0
 }
 
-// deleteTopicAtEnd deletes topic when the test ends (the DLQ topic sluice
-// creates). Register it before starting sluice, so it runs after sluice
-// stopped.
-func deleteTopicAtEnd(t *testing.T, adm *kadm.Client, topic string) {
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		resp, err := adm.DeleteTopic(ctx, topic)
-		if err == nil {
-			err = resp.Err
-		}
-		if err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) {
-			t.Logf("delete topic %s: %v", topic, err)
-		}
-	})
-}
-
 // deadLetter is one record of the DLQ topic, by the original it stands for.
 type deadLetter struct {
 	orig   at

@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap/zaptest"
 
@@ -80,22 +79,6 @@ func startDaemon(t *testing.T, cfg *config.Config, opts daemon.Options) *daemonR
 	}()
 	t.Cleanup(func() { _ = r.stop() })
 	return r
-}
-
-// deleteTopicAtEnd deletes topic when the test ends. Register it before
-// starting sluice, so that it runs after sluice stopped.
-func deleteTopicAtEnd(t *testing.T, adm *kadm.Client, topic string) {
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		resp, err := adm.DeleteTopic(ctx, topic)
-		if err == nil {
-			err = resp.Err
-		}
-		if err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) {
-			t.Errorf("delete topic %s: %v", topic, err)
-		}
-	})
 }
 
 // produceAt writes recs, each to the partition it names, in order, and
@@ -366,7 +349,7 @@ func TestPoisonMixGoesToTheDLQ(t *testing.T) {
 			topic := testenv.NewTopic(t, brokers, partitions)
 			group := testenv.NewGroup(t, brokers)
 			dlqTopic := group + ".dlq" // the daemon's default, created at start
-			deleteTopicAtEnd(t, adm, dlqTopic)
+			testenv.DeleteTopicAtEnd(t, adm, dlqTopic)
 			table := testenv.NewTable(t, dsn, tc.ddl)
 			conn := testenv.Postgres(t, dsn)
 
@@ -663,7 +646,7 @@ func TestSchemaMismatchStopsTheSink(t *testing.T) {
 	topic := testenv.NewTopic(t, brokers, partitions)
 	group := testenv.NewGroup(t, brokers)
 	dlqTopic := group + ".dlq"
-	deleteTopicAtEnd(t, adm, dlqTopic)
+	testenv.DeleteTopicAtEnd(t, adm, dlqTopic)
 	table := testenv.NewTable(t, dsn, ordersTable)
 	conn := testenv.Postgres(t, dsn)
 	batch := func(from int) []*kgo.Record {

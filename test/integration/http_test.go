@@ -115,7 +115,7 @@ func TestHTTPSinkRejectedRecordsToTheDLQ(t *testing.T) {
 			topic := testenv.NewTopic(t, brokers, partitions)
 			group := testenv.NewGroup(t, brokers)
 			dlqTopic := group + ".dlq"
-			deleteTopicAtEnd(t, adm, dlqTopic)
+			testenv.DeleteTopicAtEnd(t, adm, dlqTopic)
 
 			ep := &httpEndpoint{token: token, format: format, overloads: 3}
 			srv := httptest.NewServer(ep)

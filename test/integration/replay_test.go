@@ -201,7 +201,7 @@ func TestReplayedDeadLettersLandInTheTableAfterTheFix(t *testing.T) {
 	})
 	cfg := pgConfig(brokers, group, topic, dsn, table, config.ModeUpsert)
 	cfg.DLQ.Topic = topic + ".dlq"
-	t.Cleanup(func() { deleteTopic(t, brokers, cfg.DLQ.Topic) })
+	testenv.DeleteTopicAtEnd(t, testenv.Admin(t, brokers), cfg.DLQ.Topic)
 
 	r := start(t, cfg)
 	waitLagZero(t, testenv.Admin(t, brokers), group, topic)
@@ -237,11 +237,4 @@ func TestReplayedDeadLettersLandInTheTableAfterTheFix(t *testing.T) {
 	if got := count(t, conn, "SELECT count(*) FROM "+table+" WHERE amount < 0"); got != bad {
 		t.Errorf("%d replayed rows in the table, want %d", got, bad)
 	}
-}
-
-func deleteTopic(t *testing.T, brokers []string, topic string) {
-	adm := testenv.Admin(t, brokers)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_, _ = adm.DeleteTopic(ctx, topic)
 }
