@@ -65,14 +65,12 @@ type Pipeline struct {
 	limiter   *rate.Limiter
 	now       func() time.Time
 
-	work        chan *item // to workers; capacity MaxRecords: the gate bounds what is queued
-	lanes       []*lane    // each with its own queue, capacity MaxRecords for the same reason
-	deadQueue   chan *item // to the dead-letter goroutine; capacity MaxRecords, same reason
-	laneOf      map[record.Partition]*lane
-	closed      bool
-	inputClosed atomic.Bool
-	closedCh    chan struct{} // closed by CloseInput
-	drained     chan struct{}
+	work      chan *item // to workers; capacity MaxRecords: the gate bounds what is queued
+	lanes     []*lane    // each with its own queue, capacity MaxRecords for the same reason
+	deadQueue chan *item // to the dead-letter goroutine; capacity MaxRecords, same reason
+	laneOf    map[record.Partition]*lane
+	closedCh  chan struct{} // closed by CloseInput
+	drained   chan struct{}
 	// unsettled counts admitted records whose mapping has no outcome yet;
 	// the watchdog watches until input is closed and it is 0.
 	unsettled atomic.Int64
@@ -186,14 +184,22 @@ func (p *Pipeline) Admit(r *record.Record) {
 	p.consumed.Add(1)
 }
 
+// inputClosed reports whether CloseInput was called.
+func (p *Pipeline) inputClosed() bool {
+	select {
+	case <-p.closedCh:
+		return true
+	default:
+		return false
+	}
+}
+
 // CloseInput says no more records will be admitted; Run then drains what was
 // admitted and returns.
 func (p *Pipeline) CloseInput() {
-	if p.closed {
+	if p.inputClosed() {
 		return
 	}
-	p.closed = true
-	p.inputClosed.Store(true)
 	close(p.closedCh)
 	close(p.work)
 	for _, l := range p.lanes {
@@ -331,7 +337,7 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 		// Not "no worker holds a record": a worker that took a record from
 		// work and has not yet marked it current would look idle, and its
 		// record would never time out.
-		if p.inputClosed.Load() && p.unsettled.Load() == 0 {
+		if p.inputClosed() && p.unsettled.Load() == 0 {
 			p.wmu.Unlock()
 			return
 		}
