@@ -379,63 +379,49 @@ func (p *Pipeline) finish(rs []*record.Record) {
 }
 
 // deadLetterLoop stores poison records, retrying each until the DLQ takes it:
-// a record that cannot be dead-lettered is never done. The records queued at
-// one moment (up to deadLetterBatch) are stored concurrently, so a DLQ with a
-// network round trip per record still keeps up with a poison flood.
+// a record that cannot be dead-lettered is never done. Up to
+// deadLetterInFlight records are stored concurrently and each is done as soon
+// as the DLQ acknowledges it, so a DLQ with a network round trip (and a
+// producer linger) per record keeps up with a poison flood: the producer
+// batches what is in flight, and no record waits for a slower one.
 func (p *Pipeline) deadLetterLoop(ctx context.Context, lanesDone <-chan struct{}) error {
-	for {
-		var first *item
-		select {
-		case first = <-p.deadQueue:
-		case <-lanesDone:
-			select {
-			case first = <-p.deadQueue:
-			default:
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		batch := []*item{first}
-	more:
-		for len(batch) < deadLetterBatch {
-			select {
-			case it := <-p.deadQueue:
-				batch = append(batch, it)
-			default:
-				break more
-			}
-		}
-		g, gctx := errgroup.WithContext(ctx)
-		for _, it := range batch {
-			g.Go(func() error {
-				if err := p.storeDeadLetter(gctx, it); err != nil {
-					return err
-				}
-				if it.stored != nil {
-					close(it.stored) // its lane's writer may go on
-				}
-				return nil
-			})
-		}
-		if err := g.Wait(); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(deadLetterInFlight)
+	store := func(it *item) error {
+		if err := p.storeDeadLetter(gctx, it); err != nil {
 			return err
 		}
-		rs := make([]*record.Record, 0, len(batch))
-		for _, it := range batch {
-			p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
-			p.deadLettered.Add(1)
-			if it.stored == nil {
-				rs = append(rs, it.rec)
-			}
-			// else exactly-once: done once a write stored a position past it
+		p.metrics.RecordsDLQ.WithLabelValues(it.cause.Reason).Inc()
+		p.deadLettered.Add(1)
+		if it.stored != nil {
+			close(it.stored) // its lane's writer may go on; done once a write stored a position past it
+			return nil
 		}
-		p.finish(rs)
+		p.finish([]*record.Record{it.rec})
+		return nil
+	}
+	for {
+		var it *item
+		select {
+		case it = <-p.deadQueue:
+		case <-lanesDone:
+			select {
+			case it = <-p.deadQueue:
+			default:
+				return g.Wait()
+			}
+		case <-gctx.Done():
+			if err := g.Wait(); err != nil {
+				return err
+			}
+			return ctx.Err()
+		}
+		g.Go(func() error { return store(it) }) // blocks while deadLetterInFlight are stored
 	}
 }
 
-// deadLetterBatch bounds the dead letters stored concurrently.
-const deadLetterBatch = 256
+// deadLetterInFlight bounds the dead letters stored concurrently.
+const deadLetterInFlight = 1024
 
 func (p *Pipeline) storeDeadLetter(ctx context.Context, it *item) error {
 	b := p.backoff()
