@@ -24,10 +24,16 @@ func (e *TransientError) Unwrap() error { return e.Err }
 // other rows of the batch were not written and may be written again without
 // the rejected ones. When a sink cannot tell which rows failed it returns a
 // RejectedError with Rows empty and the lane bisects the batch.
+//
+// Written says instead that the sink wrote (committed) the batch's other rows,
+// so only Rows are left to the caller. A sink may say so only with Rows named
+// and only for a batch without positions (at-least-once delivery): a position
+// must not pass a record before the dead-letter queue has it.
 type RejectedError struct {
-	Rows   []int
-	Causes []*PoisonError
-	Err    error
+	Rows    []int
+	Causes  []*PoisonError
+	Written bool
+	Err     error
 }
 
 func (e *RejectedError) Error() string {

@@ -388,19 +388,15 @@ func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedErr
 		p.log.Error("sink write failed with an error a retry cannot fix; stopping", zap.Error(err))
 		return err
 	}
+	if re.Written {
+		return p.writtenWithout(ctx, b, re, run)
+	}
 	if len(re.Rows) > 0 && !validRows(re.Rows, b.Len()) {
 		p.log.Warn("the sink named rows outside the batch; bisecting instead", zap.Ints("rows", re.Rows), zap.Int("batch", b.Len()))
 		re = &RejectedError{Err: re.Err}
 	}
 	if len(re.Rows) > 0 {
-		bad := make(map[int]*PoisonError, len(re.Rows))
-		for i, row := range re.Rows {
-			var cause *PoisonError
-			if i < len(re.Causes) {
-				cause = re.Causes[i]
-			}
-			bad[row] = rejected(cause, re.Err)
-		}
+		bad := re.causes()
 		good := &record.Batch{Positions: b.Positions}
 		for i := range b.Rows {
 			if cause, ok := bad[i]; ok {
@@ -438,6 +434,36 @@ func (p *Pipeline) isolate(ctx context.Context, b *record.Batch, re *RejectedErr
 			return err
 		}
 	}
+	return nil
+}
+
+// writtenWithout finishes a batch the sink wrote without the rows it names as
+// rejected: those go to the dead-letter stage, the others are done.
+func (p *Pipeline) writtenWithout(ctx context.Context, b *record.Batch, re *RejectedError, run *exactRun) error {
+	if run != nil || len(b.Positions) > 0 || len(re.Rows) == 0 || !validRows(re.Rows, b.Len()) {
+		err := error(&FatalError{Err: fmt.Errorf("the sink wrote part of a batch it should have written whole or not at all (rows %v of %d, positions %d): %w",
+			re.Rows, b.Len(), len(b.Positions), re)})
+		p.fatal.CompareAndSwap(nil, &err)
+		p.log.Error("sink write failed with an error a retry cannot fix; stopping", zap.Error(err))
+		return err
+	}
+	bad := re.causes()
+	done := make([]*record.Record, 0, b.Len()-len(bad))
+	for i, r := range b.Records {
+		if cause, ok := bad[i]; ok {
+			if err := p.deadLetter(ctx, &item{rec: r, cause: cause}); err != nil {
+				return err
+			}
+			continue
+		}
+		done = append(done, r)
+	}
+	if len(done) > 0 {
+		p.metrics.SinkBatchRecords.Observe(float64(len(done)))
+		p.metrics.RecordsWritten.Add(float64(len(done)))
+		p.written.Add(int64(len(done)))
+	}
+	p.finish(done)
 	return nil
 }
 
@@ -567,6 +593,19 @@ func validRows(rows []int, n int) bool {
 		}
 	}
 	return true
+}
+
+// causes returns the dead-letter cause of each row the sink named.
+func (e *RejectedError) causes() map[int]*PoisonError {
+	bad := make(map[int]*PoisonError, len(e.Rows))
+	for i, row := range e.Rows {
+		var cause *PoisonError
+		if i < len(e.Causes) {
+			cause = e.Causes[i]
+		}
+		bad[row] = rejected(cause, e.Err)
+	}
+	return bad
 }
 
 func rejected(cause *PoisonError, err error) *PoisonError {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -219,6 +220,102 @@ func TestFatalIsNilWhileTheSinkIsHealthy(t *testing.T) {
 		r.admit(t, interleaved(1, 3, 10)...)
 		if err := r.finish(t); err != nil || r.p.Fatal() != nil {
 			t.Errorf("Run = %v, Fatal() = %v; want nil, nil", err, r.p.Fatal())
+		}
+	})
+}
+
+// A sink may write a batch without the rows it rejects (Written): the lane
+// dead-letters those rows, reports the rest done, and writes nothing twice.
+func TestRejectedRowsWithTheRestWrittenBySink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		marked := []int64{3, 4, 17, 30}
+		var (
+			mu      sync.Mutex
+			written []int64
+		)
+		sink := &fakeSink{rule: func(b *record.Batch) error {
+			re := &flow.RejectedError{Written: true, Err: errors.New("2 rows break a CHECK; the others are written")}
+			mu.Lock()
+			defer mu.Unlock()
+			for i, r := range b.Records {
+				if slices.Contains(marked, r.Offset) {
+					re.Rows = append(re.Rows, i)
+					re.Causes = append(re.Causes, &flow.PoisonError{Reason: flow.ReasonSinkRejected, Code: "23514", Err: errors.New("check")})
+					continue
+				}
+				written = append(written, r.Offset)
+			}
+			if len(re.Rows) == 0 {
+				return nil
+			}
+			return re
+		}}
+		dlq := &fakeDLQ{}
+		r := run(t, setup{
+			cfg:    flow.Config{Workers: 4, Lanes: 1, Batch: flow.BatchConfig{MaxRecords: 8, MaxBytes: 1 << 20, Linger: time.Second}},
+			sink:   sink,
+			dlq:    dlq,
+			commit: doneOnlyAfterDLQ(t, dlq, func(r *record.Record) bool { return slices.Contains(marked, r.Offset) }),
+		})
+		rs := interleaved(1, 32, 10)
+		r.admit(t, rs...)
+		if err := r.finish(t); err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		var want []int64
+		for _, x := range rs {
+			if !slices.Contains(marked, x.Offset) {
+				want = append(want, x.Offset)
+			}
+		}
+		if !slices.Equal(written, want) {
+			t.Errorf("sink wrote %v, want every unmarked row once, in order: %v", written, want)
+		}
+		if n := len(sink.tries()); n != 4 {
+			t.Errorf("%d writes for 4 batches of 8: a batch written without its rejected rows was written again", n)
+		}
+		var dead []int64
+		for _, l := range dlq.letters() {
+			dead = append(dead, l.at.off)
+			if l.cause.Code != "23514" {
+				t.Errorf("%s dead-lettered with code %q, want the sink's 23514", l.at, l.cause.Code)
+			}
+		}
+		slices.Sort(dead)
+		if !slices.Equal(dead, marked) {
+			t.Errorf("DLQ holds offsets %v, want exactly the rejected %v", dead, marked)
+		}
+		for _, x := range rs {
+			if n := r.commit.count(x); n != 1 {
+				t.Errorf("%s done %d times, want once", atOf(x), n)
+			}
+		}
+	})
+}
+
+// With exactly-once delivery a sink must not write part of a batch: its
+// positions would pass rows the DLQ does not hold yet. The lane stops.
+func TestRejectedRowsWithTheRestWrittenIsFatalWithPositions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sink := &fakeSink{rule: func(b *record.Batch) error {
+			return &flow.RejectedError{Written: true, Rows: []int{0}, Err: errors.New("written without row 0")}
+		}}
+		r := run(t, setup{cfg: eoConfig(4), sink: sink})
+		rs := interleaved(1, 4, 10)
+		for _, x := range rs {
+			x.Ticket.Generation = 1
+		}
+		r.admit(t, rs...)
+		err := r.wait(t)
+		var fe *flow.FatalError
+		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "wrote part of a batch") {
+			t.Fatalf("Run = %v, want a *flow.FatalError for the partial write", err)
+		}
+		if n := r.commit.total(); n != 0 {
+			t.Errorf("%d record(s) done", n)
+		}
+		if l := r.dlq.letters(); len(l) != 0 {
+			t.Errorf("DLQ stored %v", l)
 		}
 	})
 }

@@ -49,7 +49,7 @@ func poisonRecord(topic string, poison bool) func(i int64) *kgo.Record {
 	}
 }
 
-// TestPoisonFlood writes N records (200,000; 30,000 in -short) of which 5%
+// TestPoisonFlood writes N records (1,000,000; 30,000 in -short) of which 5%
 // are poison, half malformed JSON and half rows that violate a CHECK
 // constraint, and the same number of good records to a clean topic, and runs
 // a fresh sluice on each in turn (clean, then poison; in the full run twice
@@ -69,7 +69,7 @@ func poisonRecord(topic string, poison bool) func(i int64) *kgo.Record {
 // alternate (insert mode) and run before the parallel scenarios start.
 func TestPoisonFlood(t *testing.T) {
 	brokers, dsn := testenv.Kafka(t), testenv.PostgresDSN(t)
-	n, rounds := int64(200_000), 2
+	n, rounds := int64(1_000_000), 2
 	modes := []string{config.ModeInsert, config.ModeUpsert}
 	if testing.Short() {
 		n, rounds, modes = 30_000, 1, modes[:1]

@@ -32,6 +32,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,7 +72,18 @@ type Sink struct {
 	secrets      []string // never shown in an error: the DSN and the password
 	log          *zap.Logger
 	offsets      *offsetStore // delivery exactly-once only
+	screen       *screen      // nil when the table has no CHECK the screen can evaluate
+	// screening is set once a batch broke a CHECK (at-least-once delivery):
+	// from then on each write takes the rows that break one out first and
+	// writes the rest in the same transaction, until screenQuiet writes in a
+	// row found none.
+	screening atomic.Bool
+	quiet     atomic.Int32 // screened writes in a row that found nothing
 }
+
+// screenQuiet is how many screened writes in a row that find no bad row turn
+// the screening off again.
+const screenQuiet = 16
 
 const (
 	// maxConnLifetimeJitter spreads the pool's connection recycling so that the
@@ -139,6 +151,10 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 		return nil, s.scrub(fmt.Errorf("sink.postgres.dsn: connect to PostgreSQL: %w", err))
 	}
 	t, err := loadTable(ctx, conn, cfg.Table)
+	var checks []checkDef
+	if err == nil {
+		checks, err = loadChecks(ctx, conn, t)
+	}
 	var offsetsTable *tableDef
 	if err == nil && cfg.Delivery == config.DeliveryExactlyOnce {
 		offsetsTable, err = setUpOffsets(ctx, conn, cfg, t, opts.Group)
@@ -155,6 +171,7 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 	if offsetsTable != nil {
 		s.offsets = newOffsetStore(offsetsTable, opts.Group)
 	}
+	s.screen = newScreen(t, s.plan.columns, checks)
 
 	if s.plan.createStaging != "" {
 		create := s.plan.createStaging
@@ -212,8 +229,8 @@ func (s *Sink) Map(_ context.Context, r *record.Record) (record.Row, error) {
 
 // Write writes a batch in one transaction. It implements flow.Sink: it returns
 // nil only when every row is committed; a *flow.RejectedError when the database
-// refused rows for their content (Rows names the row when the database said
-// which, else the caller bisects); a *flow.FatalError when the write can never
+// refused rows for their content (Rows names the rows when the database said
+// which or the CHECK screen found them, else the caller bisects); a *flow.FatalError when the write can never
 // succeed as configured; a *flow.TransientError otherwise. Rows must come from
 // this sink's Map.
 //
@@ -223,8 +240,34 @@ func (s *Sink) Map(_ context.Context, r *record.Record) (record.Row, error) {
 // (Claim) or wrote. A batch may then hold positions and no rows. Write fails
 // with a *flow.FencedError, having written nothing, when a partition is not
 // claimed for the batch's assignment or another writer has moved it on.
-func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
+func (s *Sink) Write(ctx context.Context, b *record.Batch) error {
+	err := s.write(ctx, b)
+	var (
+		re    *flow.RejectedError
+		pgErr *pgconn.PgError
+	)
+	if s.screen != nil && len(b.Rows) > 1 && errors.As(err, &re) && errors.As(err, &pgErr) && pgErr.Code == checkViolation {
+		if s.offsets == nil {
+			s.quiet.Store(0)
+			s.screening.Store(true)
+		}
+		if s.writeTimeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, s.writeTimeout)
+			defer cancel()
+		}
+		return s.screenRejected(ctx, b, re)
+	}
+	return err
+}
+
+// write is one attempt at a batch, in one transaction.
+func (s *Sink) write(ctx context.Context, b *record.Batch) (err error) {
 	n := len(b.Rows)
+	var (
+		refused []int    // rows the staged screen took out, written without them
+		names   []string // the check each broke
+	)
 	if n == 0 && len(b.Positions) == 0 {
 		return nil
 	}
@@ -267,20 +310,33 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 		}
 	}()
 
+	screen := cas == nil && n > 0 && s.screening.Load()
 	switch {
 	case n == 0:
 	case s.plan.mode == modeCopy:
-		copied, err := tx.CopyFrom(ctx, s.plan.table, s.plan.columns, &rowSource{rows: b.Rows})
-		if err != nil {
-			return s.classify("copy into", err, n, true)
+		rows := b.Rows
+		if screen {
+			if refused, names, err = s.screen.find(ctx, tx, b); err != nil {
+				return s.screenFailed(err)
+			}
+			rows = without(rows, refused)
 		}
-		if copied != int64(n) {
-			return &flow.TransientError{Err: fmt.Errorf("copy into %s: copied %d rows of %d", s.plan.tableName, copied, n)}
+		copied, err := tx.CopyFrom(ctx, s.plan.table, s.plan.columns, &rowSource{rows: rows})
+		if err != nil {
+			return s.withRefused(s.classify("copy into", err, len(rows), true), refused, names)
+		}
+		if copied != int64(len(rows)) {
+			return &flow.TransientError{Err: fmt.Errorf("copy into %s: copied %d rows of %d", s.plan.tableName, copied, len(rows))}
 		}
 	default:
 		src := &rowSource{rows: b.Rows, ord: make([]any, 0, len(s.plan.stagingColumns))}
 		if _, err := tx.CopyFrom(ctx, stagingIdent, s.plan.stagingColumns, src); err != nil {
 			return s.classify("copy into the staging table of", err, n, true)
+		}
+		if screen {
+			if refused, names, err = s.screen.takeStaged(ctx, tx, n); err != nil {
+				return s.screenFailed(err)
+			}
 		}
 		if _, err := tx.Exec(ctx, s.plan.merge); err != nil {
 			return s.classify("merge into", err, n, false)
@@ -299,6 +355,17 @@ func (s *Sink) Write(ctx context.Context, b *record.Batch) (err error) {
 	}
 	if cas != nil {
 		s.offsets.advance(cas)
+	}
+	if screen {
+		s.screened(len(refused) > 0)
+	}
+	if len(refused) > 0 {
+		re := &flow.RejectedError{Written: true,
+			Err: fmt.Errorf("write to %s: %d row(s) break the table's CHECK constraints; the batch's other rows are written", s.plan.tableName, len(refused))}
+		for k, i := range refused {
+			re.Rows, re.Causes = append(re.Rows, i), append(re.Causes, s.checkCause(names[k]))
+		}
+		return re
 	}
 	return nil
 }
