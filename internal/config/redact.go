@@ -19,9 +19,10 @@ const redactedText = "[redacted]"
 // Redacted returns c as YAML with the keys of the configuration file, in the
 // order of the reference configuration: durations as 30s, sizes as 64MiB. Every
 // Secret (sink.postgres.dsn, kafka.sasl.password, the values of
-// sink.http.headers) is written as "[redacted]" and the password of a URL with
-// credentials as "xxxxx", so the output is safe to print; `sluice validate`
-// prints it as the effective configuration.
+// sink.http.headers) is written as "[redacted]", and of sink.http.url only the
+// scheme, user name and host are shown (the password as "xxxxx", a path, query
+// or fragment as "[redacted]"), so the output is safe to print; `sluice
+// validate` prints it as the effective configuration.
 func Redacted(c *Config) ([]byte, error) {
 	if c == nil {
 		return nil, fmt.Errorf("config: Redacted of a nil Config")
@@ -119,8 +120,11 @@ func secret(s string) *yaml.Node {
 	return str(redactedText)
 }
 
-// redactURL hides the password of a URL with credentials; a URL that does not
-// parse is hidden whole, since it may be a credential written wrong.
+// redactURL shows a URL's scheme, user name and host, and hides what may be a
+// credential, as the http sink does in its errors: the password (as "xxxxx"),
+// the path (a webhook's token), the query (an api_key=) and the fragment, each
+// as "[redacted]" when present. A URL that does not parse is hidden whole,
+// since it may be a credential written wrong.
 func redactURL(s string) string {
 	if s == "" {
 		return ""
@@ -129,7 +133,21 @@ func redactURL(s string) string {
 	if err != nil {
 		return redactedText
 	}
-	return u.Redacted()
+	path, query, fragment := u.EscapedPath(), u.RawQuery != "" || u.ForceQuery, u.Fragment != ""
+	u.Path, u.RawPath, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", "", "", false, "", ""
+	out := u.Redacted()
+	if len(path) > 1 {
+		out += "/" + redactedText
+	} else {
+		out += path
+	}
+	if query {
+		out += "?" + redactedText
+	}
+	if fragment {
+		out += "#" + redactedText
+	}
+	return out
 }
 
 // formatDuration writes d as time.Duration.String does without the zero

@@ -86,3 +86,22 @@ func TestRedactedNil(t *testing.T) {
 		t.Error("no error for nil")
 	}
 }
+
+// TestRedactURL: sink.http.url is shown without the parts the http sink keeps
+// out of its errors, since each may carry a token from ${VAR}.
+func TestRedactURL(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"https://ingest.example.com", "https://ingest.example.com"},
+		{"https://ingest.example.com/", "https://ingest.example.com/"},
+		{"http://127.0.0.1:8080/v1/orders", "http://127.0.0.1:8080/[redacted]"},
+		{"https://svc:pw-7720@ingest.example.com/hooks/T0K3N?api_key=k-1#f", "https://svc:xxxxx@ingest.example.com/[redacted]?[redacted]#[redacted]"},
+		{"https://ingest.example.com?token=t-1", "https://ingest.example.com?[redacted]"},
+		{"https://svc@ingest.example.com/a%2Fb", "https://svc@ingest.example.com/[redacted]"},
+		{"https://h/p\x7f", redactedText},
+	} {
+		if got := redactURL(tc.in); got != tc.want {
+			t.Errorf("redactURL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

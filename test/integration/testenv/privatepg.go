@@ -28,22 +28,44 @@ const EnvPostgresBin = "SLUICE_TEST_PG_BIN"
 //
 // When the process runs as root the server runs as the postgres OS user
 // (through runuser), as PostgreSQL refuses to run as root.
+//
+// NewPrivatePostgresWith starts one with TLS and password authentication
+// instead (see PrivatePostgresConfig).
 type PrivatePostgres struct {
 	t    testing.TB
 	bin  string
 	dir  string // owned by the server's user: data/ and the log
 	data string
 	log  string
+	uid  int // the server's OS user when the test runs as root, else -1
+	gid  int
 	// Port is the TCP port on 127.0.0.1.
 	Port int
-	// DSN connects to the postgres database as the superuser postgres.
+	// DSN connects to the postgres database as the superuser postgres (with
+	// SSL: with Password, through sslmode=verify-full and CA).
 	DSN string
+	// CA issued the server's certificate; nil without SSL. CA.CertFile is
+	// what clients name as sslrootcert.
+	CA *CA
+	// Password is the superuser's password; empty without SSL.
+	Password string
 }
 
-// NewPrivatePostgres creates a cluster with initdb and starts it. It skips the
-// test (or fails it under CI) when the PostgreSQL binaries are missing.
+// NewPrivatePostgres creates a cluster with initdb and starts it, with trust
+// authentication over plain TCP. It skips the test (or fails it under CI) when
+// the PostgreSQL binaries are missing.
 func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
 	t.Helper()
+	return NewPrivatePostgresWith(t, PrivatePostgresConfig{})
+}
+
+// NewPrivatePostgresWith is NewPrivatePostgres with the authentication cfg
+// asks for; the zero PrivatePostgresConfig is NewPrivatePostgres.
+func NewPrivatePostgresWith(t testing.TB, cfg PrivatePostgresConfig) *PrivatePostgres {
+	t.Helper()
+	if len(cfg.CertUsers) > 0 && !cfg.SSL {
+		t.Fatal("PrivatePostgresConfig.CertUsers needs SSL")
+	}
 	bin := os.Getenv(EnvPostgresBin)
 	if bin == "" {
 		matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
@@ -62,7 +84,7 @@ func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &PrivatePostgres{t: t, bin: bin, dir: dir, data: filepath.Join(dir, "data"), log: filepath.Join(dir, "postgres.log")}
+	p := &PrivatePostgres{t: t, bin: bin, dir: dir, data: filepath.Join(dir, "data"), log: filepath.Join(dir, "postgres.log"), uid: -1, gid: -1}
 	t.Cleanup(func() {
 		p.pgctl("stop", "-m", "immediate", "-w", "-t", "30") // may already be down
 		if err := os.RemoveAll(dir); err != nil {
@@ -74,16 +96,25 @@ func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
 		if err != nil {
 			t.Fatalf("running as root needs the postgres OS user for the server: %v", err)
 		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
+		p.uid, _ = strconv.Atoi(u.Uid)
+		p.gid, _ = strconv.Atoi(u.Gid)
 	}
+	p.own(dir)
 	if err := os.Chmod(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := p.run("initdb", "-D", p.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+	initdb := []string{"-D", p.data, "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"}
+	if cfg.SSL {
+		// The superuser's password is set by initdb from a file the server's
+		// user can read, never on a command line.
+		p.Password = NewSecret(t)
+		pwfile := p.writeServerFile(filepath.Join(dir, "initdb.pw"), []byte(p.Password+"\n"), 0o600)
+		defer os.Remove(pwfile)
+		initdb = append(initdb, "-A", "scram-sha-256", "--pwfile="+pwfile)
+	} else {
+		initdb = append(initdb, "-A", "trust")
+	}
+	if out, err := p.run("initdb", initdb...); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
 	p.Port = freePort(t)
@@ -98,18 +129,11 @@ synchronous_commit = off
 full_page_writes = off
 timezone = 'UTC'
 `, p.Port)
-	f, err := os.OpenFile(filepath.Join(p.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteString(conf)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	p.appendConf(conf)
 	p.DSN = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.Port)
+	if cfg.SSL {
+		p.setUpSSL(cfg)
+	}
 	p.Start()
 	return p
 }
@@ -143,6 +167,47 @@ func (p *PrivatePostgres) Stop() {
 	if out, err := p.pgctl("stop", "-m", "fast", "-w", "-t", "60"); err != nil {
 		p.t.Fatalf("pg_ctl stop: %v\n%s", err, out)
 	}
+}
+
+// appendConf appends settings to postgresql.conf; later lines win.
+func (p *PrivatePostgres) appendConf(conf string) {
+	p.t.Helper()
+	f, err := os.OpenFile(filepath.Join(p.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	_, err = f.WriteString(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// own gives path to the server's OS user when the test runs as root.
+func (p *PrivatePostgres) own(path string) {
+	p.t.Helper()
+	if p.uid < 0 {
+		return
+	}
+	if err := os.Chown(path, p.uid, p.gid); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// writeServerFile writes a file the server reads, owned by its OS user, with
+// mode perm; it returns path.
+func (p *PrivatePostgres) writeServerFile(path string, data []byte, perm os.FileMode) string {
+	p.t.Helper()
+	if err := os.WriteFile(path, data, perm); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.Chmod(path, perm); err != nil {
+		p.t.Fatal(err)
+	}
+	p.own(path)
+	return path
 }
 
 func (p *PrivatePostgres) pgctl(args ...string) ([]byte, error) {
