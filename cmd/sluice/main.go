@@ -91,6 +91,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.AddCommand(runCmd(), validateCmd(), versionCmd(), demoCmd(), statusCmd())
 	root.AddCommand(dlqCmd())
+	root.AddCommand(planCmd())
 	return root
 }
 
