@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/internal/config"
@@ -152,9 +153,30 @@ func runReplay(cmd *cobra.Command, f replayFlags, now time.Time) error {
 		if errors.Is(err, dlq.ErrReplayIncomplete) || rep.Scanned > 0 {
 			return &exitError{code: 1, err: err}
 		}
-		return &exitError{code: 1, err: fmt.Errorf("%w (kafka.brokers: %s)", err, strings.Join(cfg.Kafka.Brokers, ","))}
+		return &exitError{code: 1, err: fmt.Errorf("%w (kafka.brokers: %s)%s", err, strings.Join(cfg.Kafka.Brokers, ","), replayHint(cfg.Kafka, err))}
 	}
 	return nil
+}
+
+// replayHint says what to check when the replay could not start: the
+// connection settings, or the ACLs of the principal that replays.
+func replayHint(k config.Kafka, err error) string {
+	user := ""
+	if k.SASL.Mechanism != "" {
+		user = fmt.Sprintf(" (SASL user %q)", k.SASL.Username)
+	}
+	if errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.GroupAuthorizationFailed) {
+		return "; the replay's Kafka principal" + user + " needs the replay ACLs of deploy/kafka-acls/sluice-acls.txt: " +
+			"READ on the dead-letter topic and on the replay's group, WRITE on the topics it sends to (docs/kafka-security.md)"
+	}
+	hint := consumer.ConnectHint(err)
+	if hint == "" {
+		return ""
+	}
+	if errors.Is(err, kerr.SaslAuthenticationFailed) {
+		hint += user
+	}
+	return "; " + hint
 }
 
 // parseSince reads --since: an RFC 3339 time, or a duration back from now.

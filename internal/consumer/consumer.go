@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -33,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -306,6 +308,43 @@ func Security(k config.Kafka) ([]kgo.Opt, error) {
 		return nil, fmt.Errorf("kafka.sasl.mechanism: unsupported %q", k.SASL.Mechanism)
 	}
 	return opts, nil
+}
+
+// ConnectHint says what the operator should check when err is a failure to
+// connect to the brokers with the options of Security: the SASL credentials
+// or mechanism, the CA, the server name, the client certificate, TLS on a
+// plaintext port or the other way round. It names configuration keys, never
+// a secret, and returns "" for any other error. Neither franz-go nor the
+// broker puts the password in these errors, so err may be shown with it.
+func ConnectHint(err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		notTLS    tls.RecordHeaderError
+		op        *net.OpError
+	)
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, kerr.SaslAuthenticationFailed):
+		return "the brokers refused the SASL login: check kafka.sasl.username, kafka.sasl.password (or password_file) and kafka.sasl.mechanism"
+	case errors.Is(err, kerr.UnsupportedSaslMechanism):
+		return "the brokers do not enable kafka.sasl.mechanism on this listener"
+	case errors.As(err, &unknownCA):
+		return "the broker's certificate is not signed by a CA sluice trusts: set kafka.tls.ca_file to the CA that signed it (empty uses the system roots)"
+	case errors.As(err, &hostname):
+		return "the broker's certificate does not name the address sluice connected to: set kafka.tls.server_name to a name in it, or list kafka.brokers by that name"
+	case errors.As(err, &invalid):
+		return "the broker's certificate is not valid (expired, not yet valid, or not for a server)"
+	case errors.As(err, &notTLS):
+		return "the broker does not speak TLS on this port: set kafka.tls.enabled to false, or use the broker's TLS listener"
+	case errors.As(err, &op) && op.Op == "remote error":
+		return "the broker refused the TLS handshake; if it requires a client certificate, set kafka.tls.cert_file and kafka.tls.key_file to one its CA signed"
+	case strings.Contains(err.Error(), "speaking to a tls endpoint"):
+		return "the broker speaks TLS on this port: set kafka.tls.enabled to true"
+	}
+	return ""
 }
 
 func balancer(name string) kgo.GroupBalancer {

@@ -71,10 +71,13 @@ type Daemon struct {
 	consumer *consumer.Consumer
 	server   *obs.Server
 	ping     func(context.Context) error
-	offsets  consumer.OffsetStore // exactly-once only: the PostgreSQL sink
-	closers  []func() error
-	started  time.Time
-	stopping atomic.Bool
+	// dlqRefused says why the dead-letter topic refuses records (its ACLs),
+	// or nil; nil itself with an injected dead-letterer.
+	dlqRefused func() error
+	offsets    consumer.OffsetStore // exactly-once only: the PostgreSQL sink
+	closers    []func() error
+	started    time.Time
+	stopping   atomic.Bool
 }
 
 type mapSink interface {
@@ -134,6 +137,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, err
 		}
 		d.closers = append(d.closers, func() error { k.Close(); return nil })
+		d.dlqRefused = k.Refused
 		dl = k
 	}
 
@@ -196,6 +200,13 @@ func openDLQ(ctx context.Context, cfg *config.Config, extra []kgo.Opt) (*dlq.Kaf
 	}
 	if err := k.Ensure(ctx); err != nil {
 		k.Close()
+		if errors.Is(err, dlq.ErrUnreachable) {
+			// Not the topic's fault: the brokers, or how sluice logs in.
+			if u := cfg.Kafka.SASL.Username; u != "" {
+				return nil, fmt.Errorf("kafka (SASL user %q): %w", u, err)
+			}
+			return nil, fmt.Errorf("kafka.brokers: %w", err)
+		}
 		return nil, fmt.Errorf("dlq.topic: %w", err)
 	}
 	return k, nil
@@ -368,6 +379,11 @@ func (d *Daemon) Ready() error {
 			what += " (half-open since " + st.Since.UTC().Format(time.RFC3339) + ", probing)"
 		}
 		return fmt.Errorf("%s: %v", what, st.LastError)
+	}
+	if d.dlqRefused != nil {
+		if err := d.dlqRefused(); err != nil {
+			return err
+		}
 	}
 	select {
 	case <-d.consumer.Joined():

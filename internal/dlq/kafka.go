@@ -10,13 +10,18 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/sluicehq/sluice/internal/consumer"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/record"
 )
@@ -42,9 +47,10 @@ const maxMessage = 1024
 // acknowledged the record, so a record counts as done only once it is safe.
 // Safe for concurrent use; concurrent calls are batched by the client.
 type Kafka struct {
-	cl    *kgo.Client
-	topic string
-	now   func() time.Time
+	cl      *kgo.Client
+	topic   string
+	refused atomic.Pointer[AuthorizationError] // the last dead letter's refusal, nil after a success
+	now     func() time.Time
 }
 
 // NewKafka returns a dead-letterer producing to topic. opts carry the brokers
@@ -76,10 +82,47 @@ func (k *Kafka) DeadLetter(ctx context.Context, r *record.Record, cause *flow.Po
 	kr := Build(r, cause, k.now())
 	kr.Topic = k.topic
 	if err := k.cl.ProduceSync(ctx, kr).FirstErr(); err != nil {
+		if errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) {
+			// The produce, or the idempotent producer's InitProducerID, which
+			// Kafka 3.0 and later allow with WRITE on any topic.
+			ae := &AuthorizationError{Topic: k.topic, Action: "write to", Grant: "WRITE", Err: err}
+			k.refused.Store(ae)
+			return fmt.Errorf("%w; the record is not dead-lettered and its partition's commit waits before it until the ACL is granted", ae)
+		}
 		return fmt.Errorf("produce to dead-letter topic %s: %w", k.topic, err)
+	}
+	k.refused.Store(nil)
+	return nil
+}
+
+// Refused returns the *AuthorizationError of the last dead letter if the
+// broker refused it, and nil once one is stored again: why the dead-letter
+// topic takes nothing, for readiness.
+func (k *Kafka) Refused() error {
+	if ae := k.refused.Load(); ae != nil {
+		return ae
 	}
 	return nil
 }
+
+// AuthorizationError is the broker's refusal (an authorizer's ACLs) of what
+// sluice's Kafka principal must do with the dead-letter topic. Retrying does
+// not help; an operator granting the ACL does, and sluice then goes on
+// without a restart. Ensure and DeadLetter return it, DeadLetter wrapped.
+type AuthorizationError struct {
+	Topic  string // the dead-letter topic
+	Action string // what sluice was refused: "describe", "write to"
+	Grant  string // the ACL operation to grant on the topic
+	Err    error  // the broker's error (kerr), or what the authorized operations lacked
+}
+
+func (e *AuthorizationError) Error() string {
+	return fmt.Sprintf("sluice's Kafka principal is not authorized to %s dead-letter topic %s (%v): grant it %s on topic %s "+
+		"(the principal of kafka.sasl.username, or of the kafka.tls.cert_file certificate; see docs/kafka-security.md and deploy/kafka-acls)",
+		e.Action, e.Topic, e.Err, e.Grant, e.Topic)
+}
+
+func (e *AuthorizationError) Unwrap() error { return e.Err }
 
 // Build returns the DLQ record for r: the original key, value and headers,
 // then the sluice.* headers.
@@ -121,17 +164,46 @@ func Scrub(msg string) string {
 	return msg
 }
 
-// Ensure checks that the DLQ topic exists and creates it when it does not,
-// with the broker's default partition count and replication factor.
+// ErrUnreachable is returned by Ensure, wrapped with the cause and what to
+// check, when it cannot connect to the brokers at all: a problem of
+// kafka.brokers, kafka.tls or kafka.sasl rather than of the DLQ topic.
+var ErrUnreachable = errors.New("cannot connect to the Kafka brokers")
+
+// Ensure checks at start-up that sluice can reach the brokers and write to
+// the DLQ topic, and creates the topic when it does not exist, with the
+// broker's default partition count and replication factor. A failure to
+// connect is ErrUnreachable and says what to check (consumer.ConnectHint).
+// An authorizer's refusal is an *AuthorizationError: sluice must at least
+// describe the topic, and where the broker reports the principal's
+// authorized operations (Kafka 2.3 and later), they must include WRITE.
 func (k *Kafka) Ensure(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := k.cl.Ping(ctx); err != nil {
+		if hint := consumer.ConnectHint(err); hint != "" {
+			return fmt.Errorf("%w: %w; %s", ErrUnreachable, err, hint)
+		}
+		return fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
 	adm := kadm.NewClient(k.cl)
-	td, err := adm.ListTopics(ctx, k.topic)
+	td, err := adm.ListTopics(kadm.WithAuthorizedOps(ctx), k.topic)
+	if errors.Is(err, kerr.TopicAuthorizationFailed) {
+		// Kafka does not say whether the topic exists to whom may not describe it.
+		return &AuthorizationError{Topic: k.topic, Action: "describe", Grant: "WRITE (which includes DESCRIBE)", Err: err}
+	}
 	if err != nil {
 		return fmt.Errorf("look up topic %s: %w", k.topic, err)
 	}
 	if t, ok := td[k.topic]; ok && t.Err == nil {
+		// An empty list: the broker did not report the operations.
+		if ops := t.AuthorizedOperations; len(ops) > 0 && !slices.Contains(ops, kmsg.ACLOperationWrite) {
+			names := make([]string, len(ops))
+			for i, op := range ops {
+				names[i] = op.String()
+			}
+			return &AuthorizationError{Topic: k.topic, Action: "write to", Grant: "WRITE",
+				Err: fmt.Errorf("the broker allows it only %s", strings.Join(names, ", "))}
+		}
 		return nil
 	}
 	resp, err := adm.CreateTopic(ctx, -1, -1, nil, k.topic)

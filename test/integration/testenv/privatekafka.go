@@ -61,6 +61,18 @@ type PrivateKafka struct {
 // jars are missing: test/env/up.sh installs both.
 func NewPrivateKafka(t testing.TB) *PrivateKafka {
 	t.Helper()
+	return newPrivateKafka(t, nil)
+}
+
+// kafkaVariant adapts a private broker before its storage is formatted (see
+// securekafka.go). It runs once the folder and the two ports are set; it
+// returns properties appended to server.properties, where a key given again
+// replaces the first one (java.util.Properties keeps the last), and extra
+// arguments of kafka.tools.StorageTool format.
+type kafkaVariant func(k *PrivateKafka) (props string, formatArgs []string)
+
+func newPrivateKafka(t testing.TB, variant kafkaVariant) *PrivateKafka {
+	t.Helper()
 	lib, err := findKafkaLib()
 	if err == nil && lib == "" {
 		err = errors.New("no Kafka jars: run test/env/up.sh (make env-up), or set " + EnvKafkaLib)
@@ -102,7 +114,12 @@ func NewPrivateKafka(t testing.TB) *PrivateKafka {
 		k.ControllerPort = freePort(t)
 	}
 	k.Brokers = []string{fmt.Sprintf("127.0.0.1:%d", k.Port)}
-	if err := os.WriteFile(k.props, []byte(k.properties()), 0o644); err != nil {
+	props, formatArgs := k.properties(), []string(nil)
+	if variant != nil {
+		extra, args := variant(k)
+		props, formatArgs = props+extra, args
+	}
+	if err := os.WriteFile(k.props, []byte(props), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// The cluster id is 16 random bytes in URL-safe base64, as
@@ -116,8 +133,8 @@ func NewPrivateKafka(t testing.TB) *PrivateKafka {
 		}
 		id = base64.RawURLEncoding.EncodeToString(b[:])
 	}
-	format := exec.Command(k.java, append(k.jvmOpts(), "kafka.tools.StorageTool", "format",
-		"--config", k.props, "--cluster-id", id, "--ignore-formatted")...)
+	format := exec.Command(k.java, append(append(k.jvmOpts(), "kafka.tools.StorageTool", "format",
+		"--config", k.props, "--cluster-id", id, "--ignore-formatted"), formatArgs...)...)
 	if out, err := k.runLogged(format, 60*time.Second); err != nil {
 		t.Fatalf("format the private Kafka's storage: %v\n%s", err, out)
 	}
