@@ -211,5 +211,8 @@ func printReport(w io.Writer, rep *dlq.ReplayReport, rc dlq.ReplayConfig) {
 	fmt.Fprintf(w, "%-30s %d%s\n", replayed+":", rep.ReplayedTotal(), perTopic)
 	fmt.Fprintf(w, "%-30s %d\n", "skipped by filter:", rep.SkippedByFilter)
 	fmt.Fprintf(w, "%-30s %d  (--max-replays %d)\n", "skipped for too many replays:", rep.SkippedMaxReplays, rc.MaxReplays)
+	if rep.SkippedOmitted > 0 {
+		fmt.Fprintf(w, "%-30s %d  (too large for the DLQ: read them from their topic)\n", "skipped, value omitted:", rep.SkippedOmitted)
+	}
 	fmt.Fprintf(w, "%-30s %d\n", "errors:", rep.Errors)
 }

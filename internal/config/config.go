@@ -60,6 +60,7 @@ type SASL struct {
 type Flow struct {
 	MaxBufferedRecords int           `mapstructure:"max_buffered_records"`
 	MaxBufferedBytes   ByteSize      `mapstructure:"max_buffered_bytes"`
+	MaxRecordBytes     ByteSize      `mapstructure:"max_record_bytes"` // key + value + headers; larger records are dead-lettered undecoded (too_large)
 	ResumeAt           float64       `mapstructure:"resume_at"`
 	Workers            int           `mapstructure:"workers"`
 	RecordTimeout      time.Duration `mapstructure:"record_timeout"`
@@ -152,6 +153,10 @@ type Observability struct {
 	Listen    string `mapstructure:"listen"`
 	LogLevel  string `mapstructure:"log_level"`  // debug | info | warn | error
 	LogFormat string `mapstructure:"log_format"` // json | console
+	// Pprof serves Go's profiler (net/http/pprof) under /debug/pprof/ on the
+	// same listener. Off by default: a profile costs CPU while it runs, and the
+	// listener is usually reachable by more than the operator.
+	Pprof bool `mapstructure:"pprof"`
 }
 
 // ByteSize is a number of bytes, written in YAML as 64MiB, 8MB, 512KiB or 1024.

@@ -12,8 +12,8 @@ func Default() *Config {
 		Kafka: Kafka{
 			StartOffset:            StartEarliest,
 			MaxPollRecords:         500,
-			FetchMaxBytes:          50 * MiB,
-			PartitionFetchMaxBytes: 1 * MiB,
+			FetchMaxBytes:          16 * MiB,
+			PartitionFetchMaxBytes: 512 * KiB,
 			FetchMaxWait:           500 * time.Millisecond,
 			MaxConcurrentFetches:   2,
 			SessionTimeout:         45 * time.Second,
@@ -22,8 +22,9 @@ func Default() *Config {
 			ClientID:               "sluice",
 		},
 		Flow: Flow{
-			MaxBufferedRecords: 10000,
+			MaxBufferedRecords: 40000,
 			MaxBufferedBytes:   64 * MiB,
+			MaxRecordBytes:     1 * MiB,
 			ResumeAt:           0.5,
 			Workers:            4,
 			RecordTimeout:      30 * time.Second,

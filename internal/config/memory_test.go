@@ -4,8 +4,8 @@ import "testing"
 
 func TestMemoryBoundIsTheREADMEFormula(t *testing.T) {
 	c := Default()
-	// 64 MiB + 2 × 50 MiB + 2 × 64 MiB + 500 × 1 KiB, as the README works it out.
-	want := (64*MiB + 2*50*MiB + 2*64*MiB + 500*KiB) * 9 / 10
+	// 64 MiB + 2 × 16 MiB + 2 × 64 MiB + 500 × 1 KiB, as the README works it out.
+	want := (64*MiB + 2*16*MiB + 2*64*MiB + 500*KiB) * 9 / 10
 	if got := MemoryLimit(c); got != want {
 		t.Errorf("MemoryLimit(defaults) = %v, want %v", got, want)
 	}

@@ -198,6 +198,13 @@ func (v *checker) flow(f *Flow) {
 	if f.MaxBufferedBytes < 1 {
 		v.add("flow.max_buffered_bytes", "is %d; it must be a positive size, like 64MiB", f.MaxBufferedBytes)
 	}
+	switch {
+	case f.MaxRecordBytes < KiB:
+		v.add("flow.max_record_bytes", "is %d bytes; it must be at least 1KiB: write a size with its unit, like 1MiB", f.MaxRecordBytes)
+	case f.MaxBufferedBytes >= 1 && f.MaxRecordBytes > f.MaxBufferedBytes:
+		v.add("flow.max_record_bytes", "is %s, more than flow.max_buffered_bytes (%s), which must hold at least one record; lower it or raise max_buffered_bytes",
+			f.MaxRecordBytes, f.MaxBufferedBytes)
+	}
 	if !(f.ResumeAt > 0 && f.ResumeAt < 1) {
 		v.add("flow.resume_at", "is %g; it must be between 0 and 1 (exclusive), the share of the budget below which paused partitions resume, like 0.5", f.ResumeAt)
 	}

@@ -37,6 +37,12 @@ const (
 	HeaderCode      = "sluice.error.code"
 	HeaderAttempts  = "sluice.attempts"
 	HeaderFailedAt  = "sluice.failed.at"
+	// HeaderValueOmitted marks a dead letter too large for the dead-letter
+	// topic: it carries only the sluice.* headers (and the key, when small),
+	// and this header holds the size in bytes of the original's key, value
+	// and headers. Read the original from its topic while Kafka retains it;
+	// replay skips such records.
+	HeaderValueOmitted = "sluice.value.omitted"
 )
 
 // maxMessage bounds sluice.error.message.
@@ -89,10 +95,38 @@ func (k *Kafka) DeadLetter(ctx context.Context, r *record.Record, cause *flow.Po
 			k.refused.Store(ae)
 			return fmt.Errorf("%w; the record is not dead-lettered and its partition's commit waits before it until the ACL is granted", ae)
 		}
-		return fmt.Errorf("produce to dead-letter topic %s: %w", k.topic, err)
+		if !errors.Is(err, kerr.MessageTooLarge) {
+			return fmt.Errorf("produce to dead-letter topic %s: %w", k.topic, err)
+		}
+		// Larger than the producer or the topic takes (max.message.bytes):
+		// retrying cannot help, and the partition's commit would wait for
+		// ever. The dead letter goes without the record's content.
+		if err := k.cl.ProduceSync(ctx, Omitted(kr, r.Size())).FirstErr(); err != nil {
+			return fmt.Errorf("produce to dead-letter topic %s (without the value, too large for it): %w", k.topic, err)
+		}
 	}
 	k.refused.Store(nil)
 	return nil
+}
+
+// maxOmittedKey is the largest key an omitted dead letter keeps.
+const maxOmittedKey = 1024
+
+// Omitted returns the dead letter kr without the original's value and
+// headers (and key, when longer than 1 KiB), marked with HeaderValueOmitted
+// = size, for a record too large for the dead-letter topic.
+func Omitted(kr *kgo.Record, size int) *kgo.Record {
+	out := &kgo.Record{Topic: kr.Topic, Timestamp: kr.Timestamp}
+	if len(kr.Key) <= maxOmittedKey {
+		out.Key = kr.Key
+	}
+	for _, h := range kr.Headers {
+		if strings.HasPrefix(h.Key, "sluice.") {
+			out.Headers = append(out.Headers, h)
+		}
+	}
+	out.Headers = append(out.Headers, kgo.RecordHeader{Key: HeaderValueOmitted, Value: strconv.AppendInt(nil, int64(size), 10)})
+	return out
 }
 
 // Refused returns the *AuthorizationError of the last dead letter if the

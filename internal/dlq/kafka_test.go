@@ -3,6 +3,7 @@ package dlq
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,44 @@ func TestScrub(t *testing.T) {
 	}
 	if got := Scrub(strings.Repeat("x", 5000)); len(got) > maxMessage+4 {
 		t.Errorf("Scrub kept %d bytes, bound %d", len(got), maxMessage)
+	}
+}
+
+// A record too large for the dead-letter topic must not hold its partition
+// for ever: it is dead-lettered without its value and headers, marked, and
+// replay skips it.
+func TestKafkaDeadLetterTooLargeGoesWithoutItsValue(t *testing.T) {
+	e := newReplayEnv(t, 1)
+	big := &record.Record{Topic: "orders", Partition: 0, Offset: 7, Timestamp: time.UnixMilli(1_700_000_000_000), Key: []byte("k7"),
+		Value: make([]byte, 2<<20), Headers: []record.Header{{Key: "trace", Value: []byte("abc")}}}
+	cause := &flow.PoisonError{Reason: flow.ReasonTooLarge, Err: errors.New("2 MiB, the limit is 1 MiB")}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := e.dl.DeadLetter(ctx, big, cause); err != nil {
+		t.Fatalf("DeadLetter of a record larger than the producer takes: %v", err)
+	}
+	recs := e.records(t, dlqTopic)
+	if len(recs) != 1 {
+		t.Fatalf("%d records in the DLQ, want 1", len(recs))
+	}
+	got := recs[0]
+	h := map[string]string{}
+	for _, x := range got.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if len(got.Value) != 0 || string(got.Key) != "k7" || h["trace"] != "" {
+		t.Errorf("dead letter key %q, %d value bytes, trace %q: want the key only", got.Key, len(got.Value), h["trace"])
+	}
+	if h[HeaderValueOmitted] != strconv.Itoa(big.Size()) || h[HeaderReason] != flow.ReasonTooLarge || h[HeaderOffset] != "7" {
+		t.Errorf("headers %v: want %s=%d and the sluice.* headers", h, HeaderValueOmitted, big.Size())
+	}
+
+	// Replay leaves it where it is.
+	rep, out, err := e.replay(t, ctx, e.cfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SkippedOmitted != 1 || rep.ReplayedTotal() != 0 || !strings.Contains(out, "too large for the dead-letter topic") {
+		t.Errorf("replay report %+v, output:\n%s\nwant the omitted dead letter skipped and said why", rep, out)
 	}
 }

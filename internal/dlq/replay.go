@@ -133,6 +133,9 @@ type ReplayReport struct {
 	// SkippedMaxReplays counts records skipped because their replay count had
 	// reached MaxReplays.
 	SkippedMaxReplays int
+	// SkippedOmitted counts dead letters without the original's value
+	// (HeaderValueOmitted), which cannot be replayed.
+	SkippedOmitted int
 	// Errors counts records that could not be replayed.
 	Errors int
 }
@@ -490,6 +493,12 @@ func (r *replayer) decide(rec *kgo.Record) *item {
 		r.rep.SkippedByFilter++
 		return it
 	}
+	if omitted := m.omitted; omitted != "" {
+		r.rep.SkippedOmitted++
+		r.detail("omitted", "skip %s (from %s, reason %s): the dead letter holds no value (the original of %s bytes was too large for the dead-letter topic); read it from its topic",
+			coords(rec), m.origin(), m.reason, omitted)
+		return it
+	}
 	if !m.countOK || m.count >= r.cfg.MaxReplays {
 		r.rep.SkippedMaxReplays++
 		why := fmt.Sprintf("replayed %d time(s) already, the limit is %d", m.count, r.cfg.MaxReplays)
@@ -553,6 +562,7 @@ type meta struct {
 	timestamp                        time.Time // zero when the header is missing
 	count                            int
 	countOK                          bool
+	omitted                          string // HeaderValueOmitted: the original's size; "" when the value is there
 }
 
 func (m meta) origin() string {
@@ -585,6 +595,8 @@ func readMeta(rec *kgo.Record) meta {
 			if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
 				m.timestamp = time.UnixMilli(ms)
 			}
+		case HeaderValueOmitted:
+			m.omitted = v
 		case HeaderReplayCount:
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {

@@ -82,6 +82,9 @@ const (
 	ReasonMapping      = "mapping"
 	ReasonTimeout      = "timeout"
 	ReasonSinkRejected = "sink_rejected"
+	// ReasonTooLarge is a record whose key, value and headers exceed
+	// Config.MaxRecordBytes: it is dead-lettered without being mapped.
+	ReasonTooLarge = "too_large"
 )
 
 // PoisonError says a record cannot be written through no fault of the sink.
@@ -111,6 +114,9 @@ func Mapping(err error) *PoisonError { return &PoisonError{Reason: ReasonMapping
 
 // ErrRecordTimeout is the cause of a record that exceeded flow.record_timeout.
 var ErrRecordTimeout = errors.New("record processing exceeded flow.record_timeout")
+
+// ErrRecordTooLarge is the cause of a record larger than flow.max_record_bytes.
+var ErrRecordTooLarge = errors.New("record exceeds flow.max_record_bytes")
 
 // asPoison turns a mapper's error into the PoisonError the DLQ receives.
 func asPoison(err error) *PoisonError {

@@ -34,6 +34,10 @@ type Config struct {
 	// a dead-lettered record done only once a write stored a position past it.
 	// The sink may answer with a *FencedError.
 	ExactlyOnce bool
+	// MaxRecordBytes bounds a record's key, value and headers together: a
+	// larger record is dead-lettered with reason too_large and never reaches
+	// the Mapper. 0 is no limit.
+	MaxRecordBytes int
 }
 
 // BatchConfig bounds one sink write.
@@ -78,6 +82,11 @@ type Pipeline struct {
 	workers []*worker
 	wmu     sync.Mutex
 
+	itemSlab []item // Admit's, see newItem
+	// epoch and customClock make mono: the watchdog's clock.
+	epoch       time.Time
+	customClock bool
+
 	// Exactly-once only: per partition, the newest assignment generation
 	// the sink fenced. The lanes drop records of it, and of older ones,
 	// instead of batching or dead-lettering them.
@@ -97,7 +106,19 @@ type Option func(*Pipeline)
 func WithLogger(l *zap.Logger) Option { return func(p *Pipeline) { p.log = l } }
 
 // WithClock sets the time source (default time.Now).
-func WithClock(now func() time.Time) Option { return func(p *Pipeline) { p.now = now } }
+func WithClock(now func() time.Time) Option {
+	return func(p *Pipeline) { p.now, p.customClock = now, true }
+}
+
+// mono is the watchdog's clock in nanoseconds: with the default clock the
+// monotonic reading alone (time.Since), which costs a third of time.Now and
+// is read for every record a worker maps.
+func (p *Pipeline) mono() int64 {
+	if p.customClock {
+		return p.now().UnixNano()
+	}
+	return int64(time.Since(p.epoch))
+}
 
 // New returns a pipeline. It starts nothing; Run does.
 func New(cfg Config, gate *Gate, mapper Mapper, sink Sink, dlq DeadLetterer, committer Committer, m *metrics.Metrics, opts ...Option) *Pipeline {
@@ -106,6 +127,7 @@ func New(cfg Config, gate *Gate, mapper Mapper, sink Sink, dlq DeadLetterer, com
 	for _, o := range opts {
 		o(p)
 	}
+	p.epoch = time.Now()
 	p.fencer, _ = committer.(Fencer)
 	capacity := gate.cfg.MaxRecords + 1 // +1: an empty gate admits one record over budget
 	p.work = make(chan *item, capacity)
@@ -166,7 +188,9 @@ func (p *Pipeline) Room(r *record.Record) bool { return p.gate.Room(r) }
 // never blocks.
 func (p *Pipeline) Admit(r *record.Record) {
 	p.gate.Admit(r)
-	r.Admitted = p.now()
+	if r.Admitted.IsZero() { // the consumer sets it once for the records it admits together
+		r.Admitted = p.now()
+	}
 	part := r.Part()
 	l := p.laneOf[part]
 	if l == nil {
@@ -176,12 +200,27 @@ func (p *Pipeline) Admit(r *record.Record) {
 		l = p.lanes[int(h.Sum32()%uint32(len(p.lanes)))]
 		p.laneOf[part] = l
 	}
-	it := &item{rec: r, lane: l}
+	it := p.newItem()
+	it.rec, it.lane = r, l
 	p.unsettled.Add(1)
 	l.queue <- it
 	p.work <- it
 	p.metrics.RecordsConsumed.Inc()
 	p.consumed.Add(1)
+}
+
+// itemSlab is how many items admission allocates at once.
+const itemSlab = 256
+
+// newItem returns a zero item from a slab: admission allocates once per
+// itemSlab records rather than once per record. Admit's goroutine only.
+func (p *Pipeline) newItem() *item {
+	if len(p.itemSlab) == 0 {
+		p.itemSlab = make([]item, itemSlab)
+	}
+	it := &p.itemSlab[0]
+	p.itemSlab = p.itemSlab[1:]
+	return it
 }
 
 // inputClosed reports whether CloseInput was called.
@@ -256,7 +295,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // abandoned worker exits once its mapper returns.
 type worker struct {
 	current   atomic.Pointer[item]
-	since     atomic.Int64 // unix nanos when current started
+	since     atomic.Int64 // mono() when current started
 	abandoned atomic.Bool
 	// ctx is the mapper's context: the pipeline's, cancelled as well when the
 	// watchdog abandons the worker. One per worker, not per record: a timer per
@@ -287,10 +326,18 @@ func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
 		if !ok {
 			return
 		}
-		w.since.Store(p.now().UnixNano())
-		w.current.Store(it)
-		row, err := p.mapper.Map(w.ctx, it.rec)
-		w.current.Store(nil)
+		var (
+			row record.Row
+			err error
+		)
+		if cause := p.tooLarge(it.rec); cause != nil {
+			err = cause // not decoded: a hostile size must not reach the mapper
+		} else {
+			w.since.Store(p.mono())
+			w.current.Store(it)
+			row, err = p.mapper.Map(w.ctx, it.rec)
+			w.current.Store(nil)
+		}
 		if err != nil && ctx.Err() != nil {
 			// The pipeline is stopping: the error is not the record's fault.
 			// The record stays not done, to be consumed again.
@@ -308,6 +355,24 @@ func (p *Pipeline) runWorker(ctx context.Context, w *worker) {
 			return
 		}
 	}
+}
+
+// tooLarge returns the cause of r when its key, value and headers exceed
+// Config.MaxRecordBytes, else nil.
+func (p *Pipeline) tooLarge(r *record.Record) *PoisonError {
+	limit := p.cfg.MaxRecordBytes
+	if limit <= 0 {
+		return nil
+	}
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	if n <= limit {
+		return nil
+	}
+	return &PoisonError{Reason: ReasonTooLarge,
+		Err: fmt.Errorf("%w: %d bytes of key, value and headers, the limit is %d; not decoded", ErrRecordTooLarge, n, limit)}
 }
 
 // timedOut is the cause of a record that exceeded the record timeout.
@@ -332,7 +397,7 @@ func (p *Pipeline) watchdog(ctx context.Context, wg *sync.WaitGroup) {
 			closed = nil
 			tick.Reset(min(max(p.cfg.RecordTimeout/4, time.Millisecond), 20*time.Millisecond))
 		}
-		deadline := p.now().Add(-p.cfg.RecordTimeout).UnixNano()
+		deadline := p.mono() - int64(p.cfg.RecordTimeout)
 		p.wmu.Lock()
 		// Not "no worker holds a record": a worker that took a record from
 		// work and has not yet marked it current would look idle, and its

@@ -21,7 +21,7 @@ type Metrics struct {
 	PartitionPauses     *prometheus.CounterVec // reason: gate | breaker | revoke
 	RecordsConsumed     prometheus.Counter
 	RecordsWritten      prometheus.Counter
-	RecordsDLQ          *prometheus.CounterVec // reason
+	RecordsDLQ          *prometheus.CounterVec // reason: decode | mapping | timeout | too_large | sink_rejected
 	ProcessingDuration  prometheus.Histogram
 	SinkWriteDuration   prometheus.Histogram
 	SinkBatchRecords    prometheus.Histogram
@@ -48,7 +48,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		RecordsConsumed: counter("records_consumed_total", "Records polled from Kafka and admitted."),
 		RecordsWritten:  counter("records_written_total", "Records written to the sink."),
 		RecordsDLQ: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "records_dlq_total",
-			Help: "Records sent to the dead-letter queue, by reason."}, []string{"reason"}),
+			Help: "Records sent to the dead-letter queue, by reason (decode, mapping, timeout, too_large, sink_rejected)."}, []string{"reason"}),
 		ProcessingDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "processing_duration_seconds",
 			Help: "Time from admission to done (written or dead-lettered).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		SinkWriteDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "sink_write_duration_seconds",

@@ -62,6 +62,13 @@ type mapper struct {
 	needJSON bool     // some field reads the value as JSON
 	paths    pathTree // the keys of the value paths
 	members  int      // how many members a scan of the value notes
+	// The objects whose every key the scan checks for duplicates, besides
+	// those inside the paths' unique members: all of them when the whole value
+	// is stored as jsonb, or all of them in a value that is not an object,
+	// which value paths read with gjson.
+	uniqAll, uniqNonObject bool
+	checksKeys             bool // the scan needs a uniq
+	keySets                keySetPool
 }
 
 // columnKey is the configuration path of a mapped column, for messages.
@@ -87,17 +94,30 @@ func newMapper(t *tableDef, mapping map[string]string) (*mapper, error) {
 		return nil, errors.Join(errs...)
 	}
 	m := &mapper{fields: make([]field, 0, len(byName))}
+	// A key given twice is refused wherever sluice or PostgreSQL would pick
+	// one of its values: on a value path, in what gjson reads, and in what a
+	// jsonb column stores (jsonb keeps the last). json and text columns store
+	// the text as it is, both members kept.
+	unique := map[int]bool{} // the members stored in jsonb or read with gjson
 	for _, c := range t.Columns {
 		if f, ok := byName[c.Name]; ok {
-			if f.src.kind == srcPath {
+			switch {
+			case f.src.kind == srcPath:
 				f.slot, f.rest = m.paths.add(f.src.arg, &m.members)
-			}
-			m.fields = append(m.fields, f)
-			if f.src.kind == srcPath || (f.src.kind == srcValue && (f.kind == kindJSON || f.kind == kindJSONB)) {
+				if f.rest != "" || f.kind == kindJSONB {
+					unique[f.slot] = true
+				}
+				m.needJSON, m.uniqNonObject = true, true
+			case f.src.kind == srcValue && f.kind == kindJSONB:
+				m.needJSON, m.uniqAll = true, true
+			case f.src.kind == srcValue && f.kind == kindJSON:
 				m.needJSON = true
 			}
+			m.fields = append(m.fields, f)
 		}
 	}
+	m.paths.markUnique(unique)
+	m.checksKeys = m.uniqAll || m.uniqNonObject || len(unique) > 0
 	return m, nil
 }
 
@@ -132,8 +152,9 @@ func newField(t *tableDef, name, src string) (field, error) {
 
 // mapRecord converts one record to a row. The JSON value is read once: one
 // pass validates it and finds the members the value paths name.
-// Errors are *flow.PoisonError: decode when the value is not JSON, mapping when
-// a field is missing or does not fit its column.
+// Errors are *flow.PoisonError: decode when the value is not JSON, is nested
+// deeper than maxDepth or gives a key twice in an object the mapping reads;
+// mapping when a field is missing or does not fit its column.
 func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 	var (
 		doc    string
@@ -150,10 +171,19 @@ func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 		} else {
 			found = make([]member, m.members)
 		}
-		var valid bool
-		if object, valid = scanValue(r.Value, &m.paths, found); !valid {
-			return nil, flow.Decode(errors.New("the record value is not valid JSON"))
+		var (
+			u  *uniq
+			us uniq
+		)
+		if m.checksKeys {
+			us = uniq{pool: &m.keySets, all: m.uniqAll, nonObject: m.uniqNonObject}
+			u = &us
 		}
+		res := scanValue(r.Value, &m.paths, found, u)
+		if err := res.err(); err != nil {
+			return nil, err
+		}
+		object = res.object
 		// gjson reads the value in place; fromJSON copies what a row keeps.
 		doc = unsafeString(r.Value)
 	}
@@ -167,7 +197,7 @@ func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 		if f.src.kind == srcPath {
 			v, err = f.fromPath(f.pathResult(doc, object, found), r.Value)
 		} else {
-			v, err = f.value(r)
+			v, err = f.value(r, &m.keySets)
 		}
 		if err != nil {
 			return nil, err
@@ -176,6 +206,23 @@ func (m *mapper) mapRecord(r *record.Record) (record.Row, error) {
 	}
 	return row, nil
 }
+
+// err returns the decode error of a value the scan refused, or nil.
+func (res *scanResult) err() error {
+	switch res.status {
+	case scanInvalid:
+		return flow.Decode(errors.New("the record value is not valid JSON"))
+	case scanTooDeep:
+		return flow.Decode(errTooDeep)
+	case scanDupKey:
+		return flow.Decode(fmt.Errorf("the record value gives the key %s twice in one object, in %s; "+
+			"sluice refuses a value whose fields are ambiguous", snippet(res.dupKey, true), res.dupAt))
+	}
+	return nil
+}
+
+// errTooDeep is the cause of a JSON value nested deeper than maxDepth.
+var errTooDeep = fmt.Errorf("the record value nests arrays and objects more than %d levels deep, the most sluice reads", maxDepth)
 
 // fromPath converts this field's value read from the JSON value (res, as
 // gjson.Get finds it in value).
@@ -194,8 +241,9 @@ func (f *field) fromPath(res gjson.Result, value []byte) (any, error) {
 }
 
 // value reads and converts this field's value from r when it is not a value
-// path.
-func (f *field) value(r *record.Record) (any, error) {
+// path; JSON in the key or a header is checked for duplicate keys with
+// keySets.
+func (f *field) value(r *record.Record, keySets *keySetPool) (any, error) {
 	var (
 		v any
 		p problem
@@ -206,7 +254,7 @@ func (f *field) value(r *record.Record) (any, error) {
 			return f.null("is null (a tombstone)")
 		}
 		if f.kind == kindJSON || f.kind == kindJSONB {
-			// Validated as JSON by mapRecord.
+			// Validated as JSON and its depth (and for jsonb its keys) by mapRecord.
 			if p = checkJSON(f.kind, r.Value); p != "" {
 				return nil, f.fail("the value", p)
 			}
@@ -219,6 +267,9 @@ func (f *field) value(r *record.Record) (any, error) {
 		if r.Key == nil {
 			return f.null("is null")
 		}
+		if err := f.checkBytesJSON(r.Key, keySets); err != nil {
+			return nil, err
+		}
 		if v, p = fromBytes(f.kind, r.Key); p != "" {
 			return nil, f.fail(snippet(unsafeString(r.Key), true), p)
 		}
@@ -229,6 +280,9 @@ func (f *field) value(r *record.Record) (any, error) {
 			return f.null("is missing")
 		case h == nil:
 			return f.null("is null")
+		}
+		if err := f.checkBytesJSON(h, keySets); err != nil {
+			return nil, err
 		}
 		if v, p = fromBytes(f.kind, h); p != "" {
 			return nil, f.fail(snippet(unsafeString(h), true), p)
@@ -253,6 +307,32 @@ func (f *field) value(r *record.Record) (any, error) {
 	}
 	return v, nil
 }
+
+// checkBytesJSON refuses, for a json or jsonb column, bytes ($key, a header)
+// that are JSON nested deeper than maxDepth or, for jsonb, giving a key twice
+// in one object, with reason decode as for the value. Bytes that are not JSON
+// at all are fromBytes's to refuse.
+func (f *field) checkBytesJSON(b []byte, keySets *keySetPool) error {
+	var u *uniq
+	switch f.kind {
+	case kindJSONB:
+		u = &uniq{pool: keySets, all: true, nonObject: true}
+	case kindJSON:
+	default:
+		return nil
+	}
+	switch res := scanValue(b, &pathTree{}, nil, u); res.status {
+	case scanTooDeep:
+		return flow.Decode(fmt.Errorf("column %q from %s: %w", f.col.Name, f.src, errNestedTooDeep))
+	case scanDupKey:
+		return flow.Decode(fmt.Errorf("column %q from %s: the JSON gives the key %s twice in one object; "+
+			"sluice refuses a value whose fields are ambiguous", f.col.Name, f.src, snippet(res.dupKey, true)))
+	}
+	return nil
+}
+
+// errNestedTooDeep is the cause of JSON in a key or header nested deeper than maxDepth.
+var errNestedTooDeep = fmt.Errorf("the JSON nests arrays and objects more than %d levels deep, the most sluice reads", maxDepth)
 
 // null returns NULL for a nullable column, and a mapping error for a NOT NULL one.
 func (f *field) null(why string) (any, error) {

@@ -2,8 +2,10 @@ package postgres
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -160,32 +162,51 @@ func TestMapDecodeErrors(t *testing.T) {
 	}
 }
 
-// TestMapJSONFields reads fields where the JSON value is unusual: a key given
-// twice (the first is read, as gjson reads it; a nested path goes on to the next
-// member of the name), escaped keys, a key with a dot, a value that is not an
-// object.
+// TestMapJSONFields reads fields where the JSON value is unusual: escaped
+// keys, a key with a dot, a value that is not an object, and keys given twice,
+// which make the value ambiguous wherever a field is read from the object that
+// has them (reason decode, naming the key), and do not matter elsewhere: text
+// keeps an object as it is. (jsonb, which keeps one of the two, is in
+// TestMapHostileRecords.)
 func TestMapJSONFields(t *testing.T) {
 	tests := []struct {
 		path, value string
-		want        any // nil: NULL
+		want        any    // nil: NULL
+		dup         string // the key the decode error names; "" when the record maps
 	}{
-		{"value.id", `{"id":"first","id":"second"}`, "first"},
-		{"value.id", `{"id":null,"id":"second"}`, nil},
-		{"value.a.b", `{"a":"x","a":{"b":"nested"}}`, "nested"},
-		{"value.a.b", `{"a":{"c":1},"a":{"b":"second"},"a":{"b":"third"}}`, "second"},
-		{"value.a.b", `{"a":{"b":"first"},"a":{"b":"second"}}`, "first"},
-		{"value.id", `{"\u0069d":"escaped"}`, "escaped"},
-		{`value.a\.b`, `{"a":{"b":"nested"},"a.b":"dotted"}`, "dotted"},
-		{"value.items.1.sku", `{"items":[{"sku":"A"},{"sku":"B"}]}`, "B"},
-		{"value.0.id", `[{"id":"in an array"}]`, "in an array"},
-		{"value.id", `"{\"id\":\"in a string\"}"`, nil},
-		{"value.id", `17`, nil},
-		{"value.id", ` {"x":{"id":"deeper"}} `, nil},
+		{"value.id", `{"\u0069d":"escaped"}`, "escaped", ""},
+		{`value.a\.b`, `{"a":{"b":"nested"},"a.b":"dotted"}`, "dotted", ""},
+		{"value.items.1.sku", `{"items":[{"sku":"A"},{"sku":"B"}]}`, "B", ""},
+		{"value.0.id", `[{"id":"in an array"}]`, "in an array", ""},
+		{"value.id", `"{\"id\":\"in a string\"}"`, nil, ""},
+		{"value.id", `17`, nil, ""},
+		{"value.id", ` {"x":{"id":"deeper"}} `, nil, ""},
+		{"value.id", `{"id":"first","id":"second"}`, nil, "id"},
+		{"value.id", `{"id":null,"id":"second"}`, nil, "id"},
+		{"value.id", `{"id":"x","\u0069d":"y"}`, nil, "id"}, // one key, once unescaped
+		{"value.a.b", `{"a":"x","a":{"b":"nested"}}`, nil, "a"},
+		{"value.a.b", `{"a":{"b":"first"},"a":{"b":"second"}}`, nil, "a"},
+		{"value.a.b", `{"a":{"b":"first","b":"second"}}`, nil, "b"},
+		{"value.items.0.sku", `{"items":[{"sku":"A","sku":"B"}]}`, nil, "sku"},
+		{"value.items.0.sku", `{"items":[{"sku":"A"},{"qty":1,"qty":2}]}`, nil, "qty"}, // the array gjson reads from
+		{"value.0.id", `[{"id":1,"id":2}]`, nil, "id"},
+		{"value.doc", `{"doc":{"a":[{"k":1,"k":2}]}}`, `{"a":[{"k":1,"k":2}]}`, ""}, // text keeps the JSON as it is
+		// Keys given twice where the mapping neither reads nor stores them.
+		{"value.id", `{"id":"one","other":1,"other":2}`, "one", ""},
+		{"value.id", `{"id":"one","x":{"id":1,"id":2}}`, "one", ""},
+		{"value.a.b", `{"a":{"b":"one","c":1,"c":2}}`, "one", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path+" "+tt.value, func(t *testing.T) {
 			m := mustMapper(t, testTable(col("c", pgtype.TextOID, false)), map[string]string{"c": tt.path})
 			row, err := m.mapRecord(&record.Record{Value: []byte(tt.value)})
+			if tt.dup != "" {
+				var pe *flow.PoisonError
+				if !errors.As(err, &pe) || pe.Reason != flow.ReasonDecode || !strings.Contains(err.Error(), `the key "`+tt.dup+`" twice`) {
+					t.Fatalf("err = %v, want a decode error naming the key %q", err, tt.dup)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -326,46 +347,137 @@ func orderRecord() *record.Record {
 	}
 }
 
-func BenchmarkMap(b *testing.B) {
-	m := orderMapper(b)
-	r := orderRecord()
-	b.SetBytes(int64(len(r.Value)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := m.mapRecord(r); err != nil {
-			b.Fatal(err)
+// hostileMapper maps the columns of the hostile-record tests: text, jsonb,
+// numeric and bigint from the value, and text from the key.
+func hostileMapper(t testing.TB) *mapper {
+	return mustMapper(t, testTable(
+		col("id", pgtype.Int8OID, true), col("name", pgtype.TextOID, false), col("doc", pgtype.JSONBOID, false),
+		col("amount", pgtype.NumericOID, false), col("k", pgtype.TextOID, false),
+	), map[string]string{"id": "value.id", "name": "value.name", "doc": "value.doc", "amount": "value.amount", "k": "$key"})
+}
+
+// TestMapHostileRecords maps each class of hostile record: each is refused
+// with the reason and a message that names what is wrong (and the column,
+// where one column is at fault), and none costs memory beyond a small multiple
+// of its size.
+func TestMapHostileRecords(t *testing.T) {
+	const mib = 1 << 20
+	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	wideDup := func() string {
+		var sb strings.Builder
+		sb.WriteString(`{"id":1,"doc":{`)
+		for i := 0; sb.Len() < mib; i++ {
+			fmt.Fprintf(&sb, `"k%d":%d,`, i, i)
 		}
+		sb.WriteString(`"k7":0}}`)
+		return sb.String()
+	}
+	tests := []struct {
+		name   string
+		key    string
+		value  string
+		reason string   // "" for a record that maps
+		texts  []string // in the error
+	}{
+		{"good", "k1", `{"id":1,"name":"Ada","doc":{"a":[1,{"b":"c"}]},"amount":"12.50"}`, "", nil},
+		{"good at the nesting bound", "", `{"id":1,"doc":` + deep(maxDepth-1) + `}`, "", nil},
+		{"nested past the bound", "", `{"id":1,"doc":` + deep(maxDepth) + `}`, flow.ReasonDecode, []string{"more than 64 levels deep"}},
+		{"nested a million deep", "", `{"id":1,"doc":` + deep(mib/2) + `}`, flow.ReasonDecode, []string{"more than 64 levels deep"}},
+		{"nested in an unmapped field", "", `{"id":1,"x":` + deep(maxDepth) + `}`, flow.ReasonDecode, []string{"more than 64 levels deep"}},
+		{"invalid UTF-8 in text", "", "{\"id\":1,\"name\":\"A\xffda\"}", flow.ReasonMapping, []string{`column "name" (text) from value.name`, "not valid UTF-8"}},
+		{"invalid UTF-8 in jsonb", "", "{\"id\":1,\"doc\":[\"\xc3\x28\"]}", flow.ReasonMapping, []string{`column "doc" (jsonb) from value.doc`, "not valid UTF-8"}},
+		{"invalid UTF-8 in the key", "\xfe", `{"id":1}`, flow.ReasonMapping, []string{`column "k" (text) from $key`, "not valid UTF-8"}},
+		{"NUL escape in text", "", `{"id":1,"name":"A\u0000da"}`, flow.ReasonMapping, []string{`column "name"`, "contains a NUL character"}},
+		{"raw NUL in a JSON string", "", "{\"id\":1,\"name\":\"A\x00da\"}", flow.ReasonDecode, []string{"not valid JSON"}},
+		{"NUL in the key", "a\x00b", `{"id":1}`, flow.ReasonMapping, []string{`column "k"`, "contains a NUL character"}},
+		{"NUL escape in jsonb", "", `{"id":1,"doc":{"a":"\u0000"}}`, flow.ReasonMapping, []string{`column "doc"`, `contains a \u0000 escape`}},
+		{"lone surrogate in text", "", `{"id":1,"name":"\ud800"}`, flow.ReasonMapping, []string{`column "name"`, "surrogate"}},
+		{"100k digits into numeric", "", `{"id":1,"amount":` + strings.Repeat("9", 100_000) + `}`, flow.ReasonMapping,
+			[]string{`column "amount" (numeric) from value.amount`, "has 100000 significant digits; sluice writes at most 1000"}},
+		{"1e999999 into numeric", "", `{"id":1,"amount":1e999999}`, flow.ReasonMapping, []string{`column "amount"`, "out of range for numeric"}},
+		{"1e-999999 into numeric", "", `{"id":1,"amount":1e-999999}`, flow.ReasonMapping, []string{`column "amount"`, "has 999999 digits after the point"}},
+		{"100k digits into bigint", "", `{"id":` + strings.Repeat("9", 100_000) + `}`, flow.ReasonMapping, []string{`column "id" (bigint)`, "out of range for bigint"}},
+		{"1e999999 into bigint", "", `{"id":1e999999}`, flow.ReasonMapping, []string{`column "id"`, "found number 1e999999, out of range for bigint"}},
+		{"duplicate mapped key", "", `{"id":1,"name":"a","name":"b"}`, flow.ReasonDecode, []string{`the key "name" twice in one object, in value;`}},
+		{"duplicate key in jsonb", "", `{"id":1,"doc":{"a":1,"b":[{"c":1,"c":2}]}}`, flow.ReasonDecode, []string{`the key "c" twice in one object, in value.doc;`}},
+		{"duplicate key in a wide jsonb object", "", wideDup(), flow.ReasonDecode, []string{`the key "k7" twice in one object, in value.doc;`}},
+		{"duplicate key nobody reads", "", `{"id":1,"x":{"y":1,"y":2}}`, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := hostileMapper(t)
+			r := &record.Record{Value: []byte(tt.value)}
+			if tt.key != "" {
+				r.Key = []byte(tt.key)
+			}
+			row, err := m.mapRecord(r)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatalf("mapRecord: %v", err)
+				}
+				if len(row) != 5 {
+					t.Fatalf("row = %v, want 5 values", row)
+				}
+			} else {
+				var pe *flow.PoisonError
+				if !errors.As(err, &pe) || pe.Reason != tt.reason {
+					t.Fatalf("err = %.300v, want a %s *flow.PoisonError", err, tt.reason)
+				}
+				for _, s := range tt.texts {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("err = %.300q, want it to contain %q", err, s)
+					}
+				}
+				if n := len(err.Error()); n > 1024 {
+					t.Errorf("the error is %d bytes long; it must quote a snippet, not the value", n)
+				}
+			}
+			// Memory: a small multiple of the record, whatever it holds.
+			var before, after runtime.MemStats
+			const runs = 5
+			runtime.ReadMemStats(&before)
+			for range runs {
+				_, _ = m.mapRecord(r)
+			}
+			runtime.ReadMemStats(&after)
+			perRecord := (after.TotalAlloc - before.TotalAlloc) / runs
+			if limit := uint64(4*len(tt.value) + 64<<10); perRecord > limit {
+				t.Errorf("mapping it allocated %d bytes, more than %d for a %d-byte value", perRecord, limit, len(tt.value))
+			}
+		})
 	}
 }
 
-// BenchmarkMapWide maps 16 columns of a ~600-byte event of 24 top-level fields,
-// where reading each column's path from the start of the value cost most.
-func BenchmarkMapWide(b *testing.B) {
-	tbl := testTable(
-		col("event_id", pgtype.UUIDOID, true), col("type", pgtype.TextOID, true), col("user_id", pgtype.Int8OID, false),
-		col("session", pgtype.TextOID, false), col("seq", pgtype.Int4OID, false), col("amount", pgtype.NumericOID, false),
-		col("score", pgtype.Float8OID, false), col("ok", pgtype.BoolOID, false), col("at", pgtype.TimestamptzOID, true),
-		col("country", pgtype.TextOID, false), col("device", pgtype.TextOID, false), col("version", pgtype.TextOID, false),
-		col("attempts", pgtype.Int2OID, false), col("tags", pgtype.JSONBOID, false), col("referrer", pgtype.TextOID, false),
-		col("latency_ms", pgtype.Float8OID, false),
-	)
-	m := mustMapper(b, tbl, map[string]string{
-		"event_id": "value.event_id", "type": "value.type", "user_id": "value.user_id", "session": "value.session",
-		"seq": "value.seq", "amount": "value.amount", "score": "value.score", "ok": "value.ok", "at": "value.at",
-		"country": "value.geo_country", "device": "value.device", "version": "value.app_version", "attempts": "value.attempts",
-		"tags": "value.tags", "referrer": "value.referrer", "latency_ms": "value.latency_ms",
-	})
-	r := &record.Record{Topic: "events", Offset: 12345, Value: []byte(`{"event_id":"6f1c2a9e-3b7d-4c1e-9a52-0d8e4f7b1c33",` +
-		`"type":"checkout_completed","user_id":4815162342,"session":"s-9f8e7d6c5b4a","seq":17,"amount":"249.90","currency":"EUR",` +
-		`"score":0.87,"ok":true,"at":"2024-05-01T12:30:00.123Z","geo_country":"DE","geo_city":"Berlin","device":"ios",` +
-		`"app_version":"7.12.1","os_version":"17.4.1","attempts":2,"tags":["promo","returning"],"referrer":"https://example.com/landing?utm_source=newsletter",` +
-		`"ip":"203.0.113.7","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15",` +
-		`"latency_ms":183.5,"experiment":{"name":"checkout_v2","arm":"b"},"debug":null,"schema":3}`)}
-	b.SetBytes(int64(len(r.Value)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := m.mapRecord(r); err != nil {
-			b.Fatal(err)
+// TestMapJSONFromKeyAndHeader refuses JSON in the key or a header that is
+// nested too deep or ambiguous, as it refuses such a value: reason decode.
+func TestMapJSONFromKeyAndHeader(t *testing.T) {
+	m := mustMapper(t, testTable(col("k", pgtype.JSONBOID, false), col("h", pgtype.JSONBOID, false), col("j", pgtype.JSONOID, false)),
+		map[string]string{"k": "$key", "h": "$headers.h", "j": "$headers.j"})
+	deep := strings.Repeat("[", maxDepth+1) + strings.Repeat("]", maxDepth+1)
+	tests := []struct {
+		key, header, json, reason, text string
+	}{
+		{`{"a":[1,{"b":2}]}`, `[{"c":null}]`, `{}`, "", ""},
+		{`{"a":1,"a":2}`, `{}`, `{}`, flow.ReasonDecode, `column "k" from $key: the JSON gives the key "a" twice`},
+		{`{}`, `[{"x":1},{"y":{"z":1,"z":2}}]`, `{}`, flow.ReasonDecode, `column "h" from $headers.h: the JSON gives the key "z" twice`},
+		{`{}`, `{}`, `{"z":1,"z":2}`, "", ""}, // json keeps both
+		{deep, `{}`, `{}`, flow.ReasonDecode, `column "k" from $key: the JSON nests arrays and objects more than 64 levels deep`},
+		{`{}`, `{}`, deep, flow.ReasonDecode, `column "j" from $headers.j: the JSON nests arrays and objects more than 64 levels deep`},
+		{`{}`, strings.Repeat(`{"a":`, 1<<16), `{}`, flow.ReasonDecode, `column "h" from $headers.h: the JSON nests`}, // too deep before it is seen never to close
+		{`{"a":1}x`, `{}`, `{}`, flow.ReasonMapping, "not valid JSON"},
+	}
+	for _, tt := range tests {
+		r := &record.Record{Key: []byte(tt.key), Headers: []record.Header{{Key: "h", Value: []byte(tt.header)}, {Key: "j", Value: []byte(tt.json)}}}
+		_, err := m.mapRecord(r)
+		if tt.reason == "" {
+			if err != nil {
+				t.Errorf("key %.40q, header %.40q: %v", tt.key, tt.header, err)
+			}
+			continue
+		}
+		var pe *flow.PoisonError
+		if !errors.As(err, &pe) || pe.Reason != tt.reason || !strings.Contains(err.Error(), tt.text) {
+			t.Errorf("key %.40q, header %.40q: err = %.200v, want a %s error containing %q", tt.key, tt.header, err, tt.reason, tt.text)
 		}
 	}
 }
