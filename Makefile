@@ -37,6 +37,8 @@ test: env-up
 	status=0; \
 	echo "== unit tests"; \
 	$(GO) test $(GOTESTFLAGS) -count=1 ./... || status=1; \
+	echo "== Go benchmarks, once each (they must keep compiling and running; figures: make bench, go test -bench)"; \
+	$(GO) test -count=1 -run='^$$' -bench=. -benchtime=1x ./... >/dev/null || status=1; \
 	echo "== deploy checks"; \
 	$(MAKE) --no-print-directory deploy-check || status=1; \
 	pkgs="$(INTEGRATION_PKGS)"; \
@@ -105,10 +107,14 @@ soak: env-up
 	SLUICE_CHAOS_SOAK=1 SLUICE_CHAOS_REPORT=$(CURDIR)/docs/reliability.md \
 		$(GO) test $(CHAOSFLAGS) -run '^TestSoak$$' $(CHAOS_PKG) || { bash test/env/logs.sh; exit 1; }
 
-# sluice's insert-mode throughput next to a raw pgx CopyFrom ceiling, measured
-# in one run against the test environment; writes BENCHMARKS.md. Extra flags go
-# in BENCHFLAGS, e.g. make bench BENCHFLAGS='-records 100000'.
+# sluice (insert, upsert, exactly-once; end-to-end latency at half load) next
+# to baselines measured in the same run against the test environment (a raw
+# pgx CopyFrom ceiling, a naive poll-COPY-commit loop, a hand-written staged
+# upsert); writes BENCHMARKS.md and the plot docs/bench-insert.png. Extra flags
+# go in BENCHFLAGS, e.g. make bench BENCHFLAGS='-records 200000', or
+# BENCHFLAGS='-profile /tmp/prof' for pprof CPU and allocation profiles of
+# every sluice run (go run ./test/bench -h lists them all).
 .PHONY: bench
 bench: env-up
 	@source test/env/.state/env.sh; \
-	$(GO) run ./test/bench -out BENCHMARKS.md $(BENCHFLAGS)
+	$(GO) run ./test/bench -out BENCHMARKS.md -plot docs/bench-insert.png $(BENCHFLAGS)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ var (
 //	GET /healthz  200 "ok" while the process serves (liveness)
 //	GET /readyz   200 "ready" when ready() returns nil, else 503 with its error (readiness)
 //	GET /status   status() as indented JSON, for people and scripts
+//	GET /debug/pprof/...  Go's profiler, only after ServePprof
 //
 // Create it with NewServer, then either call Run, or call Listen first (to
 // learn the bound address, or to fail at start on a port in use) and then Run.
@@ -42,6 +44,7 @@ var (
 type Server struct {
 	addr    string
 	handler http.Handler
+	mux     *http.ServeMux // handler, for ServePprof
 	log     *zap.Logger
 
 	mu      sync.Mutex // guards the fields below
@@ -100,7 +103,18 @@ func NewServer(addr string, gatherer prometheus.Gatherer, status func() any, rea
 		text(w, http.StatusOK, "sluice: /metrics /healthz /readyz /status")
 	})
 
-	return &Server{addr: addr, handler: mux, log: log}
+	return &Server{addr: addr, handler: mux, mux: mux, log: log}
+}
+
+// ServePprof adds Go's profiler (net/http/pprof) under /debug/pprof/
+// (observability.pprof). Call it before Run, from the goroutine that built
+// the server.
+func (s *Server) ServePprof() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 func text(w http.ResponseWriter, code int, body string) {

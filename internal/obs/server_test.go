@@ -343,3 +343,23 @@ func TestLifeCycle(t *testing.T) {
 		ln.Close()
 	})
 }
+
+// The profiler is served only when asked for (observability.pprof).
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		t.Run(map[bool]string{false: "off", true: "on"}[on], func(t *testing.T) {
+			srv := obs.NewServer("127.0.0.1:0", nil, nil, nil, zaptest.NewLogger(t))
+			if on {
+				srv.ServePprof()
+			}
+			r := start(t, srv)
+			c := client(t)
+			want := map[bool]int{false: 404, true: 200}[on]
+			for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/cmdline"} {
+				if got := get(t, c, "GET", r.base+path); got.code != want {
+					t.Errorf("GET %s: status %d, want %d", path, got.code, want)
+				}
+			}
+		})
+	}
+}

@@ -22,9 +22,24 @@ var tableColumns = []string{"id", "customer", "amount", "currency", "created_at"
 const tableShape = `(id bigint, customer text, amount numeric(12,2), currency text,
 	created_at timestamptz, kafka_partition int, kafka_offset bigint)`
 
+// tableShapeKeyed is the upsert tables' column list: the same columns, keyed on id.
+const tableShapeKeyed = `(id bigint PRIMARY KEY, customer text, amount numeric(12,2), currency text,
+	created_at timestamptz, kafka_partition int, kafka_offset bigint)`
+
 // sluiceColumns maps every column of the table for sluice.
 const sluiceColumns = `{id: value.id, customer: value.customer, amount: value.amount, currency: value.currency, ` +
 	`created_at: value.created_at, kafka_partition: $partition, kafka_offset: $offset}`
+
+// The latency run's table and mapping add the record's timestamp, and the
+// time each row was inserted (clock_timestamp(), evaluated per row as COPY
+// inserts it) and its transaction began (now()), which PostgreSQL fills in.
+const (
+	latencyShape = `(id bigint, customer text, amount numeric(12,2), currency text,
+	created_at timestamptz, kafka_partition int, kafka_offset bigint, produced_at timestamptz,
+	tx_start timestamptz NOT NULL DEFAULT now(), written_at timestamptz NOT NULL DEFAULT clock_timestamp())`
+	latencyColumns = `{id: value.id, customer: value.customer, amount: value.amount, currency: value.currency, ` +
+		`created_at: value.created_at, kafka_partition: $partition, kafka_offset: $offset, produced_at: $timestamp}`
+)
 
 // order is the i-th synthetic order. Orders are a pure function of i, so the
 // ceiling's rows are the same rows sluice writes, without parsing anything.

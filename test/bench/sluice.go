@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -19,8 +20,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/sluicehq/sluice/internal/config"
 )
@@ -96,10 +95,22 @@ func binaryInfo(bin, tree string) string {
 // dsnVar is the variable the child's configuration reads the DSN from.
 const dsnVar = "BENCH_PG_DSN"
 
-// sluiceConfig is the YAML the bench runs sluice with: insert mode into the
-// bench table, lanes lanes, 5000-row batches, every other key at its default.
-func sluiceConfig(brokers []string, group, topic, table string, lanes, batch int, listen string) string {
-	return fmt.Sprintf(`# written by test/bench: sluice's defaults except for the keys below
+// runMode is one way the bench runs sluice.
+type runMode string
+
+const (
+	modeInsert      runMode = "insert"
+	modeUpsert      runMode = "upsert"
+	modeExactlyOnce runMode = "exactly-once"
+	modeLatency     runMode = "latency"
+)
+
+// sluiceConfig is the YAML the bench runs sluice with: sluice's defaults but
+// for the connection, the table and its mapping, and the keys of the mode.
+func (e *env) sluiceConfig(mode runMode, group, topic, table, listen string) string {
+	def := config.Default()
+	var b strings.Builder
+	fmt.Fprintf(&b, `# written by test/bench: sluice's defaults except for the keys below
 kafka:
   brokers: [%s]
   group: %s
@@ -107,15 +118,32 @@ kafka:
   start_offset: earliest
 sink:
   type: postgres
-  concurrency: %d
-  batch: {max_records: %d}
-  postgres:
-    dsn: "${%s}"
-    table: public.%s
-    mode: insert
-    columns: %s
-observability: {listen: %q, log_level: warn}
-`, strings.Join(brokers, ", "), group, topic, lanes, batch, dsnVar, table, sluiceColumns, listen)
+`, strings.Join(e.brokers, ", "), group, topic)
+	if e.o.lanes != def.Sink.Concurrency {
+		fmt.Fprintf(&b, "  concurrency: %d\n", e.o.lanes)
+	}
+	if e.o.batch != def.Sink.Batch.MaxRecords {
+		fmt.Fprintf(&b, "  batch: {max_records: %d}\n", e.o.batch)
+	}
+	fmt.Fprintf(&b, "  postgres:\n    dsn: \"${%s}\"\n    table: public.%s\n", dsnVar, table)
+	switch mode {
+	case modeUpsert:
+		b.WriteString("    mode: upsert\n    key_columns: [id]\n")
+	case modeExactlyOnce:
+		fmt.Fprintf(&b, "    delivery: exactly-once\n    offsets_table: public.%s_offsets\n", table)
+	default:
+		b.WriteString("    mode: insert\n")
+	}
+	cols := sluiceColumns
+	if mode == modeLatency {
+		cols = latencyColumns
+	}
+	fmt.Fprintf(&b, "    columns: %s\nobservability: {listen: %q, log_level: warn", cols, listen)
+	if e.o.profile != "" {
+		b.WriteString(", pprof: true")
+	}
+	b.WriteString("}\n")
+	return b.String()
 }
 
 // childEnv is the bench's environment without SLUICE_* variables (which would
@@ -162,8 +190,14 @@ func freeAddr() (string, error) {
 
 // sluiceResult is what one run of the sluice binary measured.
 type sluiceResult struct {
+	mode        runMode
+	config      string
+	cfg         *config.Config
+	bound       int64 // the README's memory formula for cfg
+	boundExpr   string
 	elapsed     time.Duration // start of the process until the committed lag is 0
 	firstWrite  time.Duration // start until /status first showed a written row
+	firstRows   int64         // rows written at firstWrite
 	allWritten  time.Duration // start until /status showed every row written
 	peakRSS     int64         // highest VmRSS sampled
 	hwm         int64         // VmHWM when the lag reached 0
@@ -175,33 +209,50 @@ type sluiceResult struct {
 	status      statusDoc
 	metrics     sinkMetrics
 	phase       phaseCPU
+	series      []sample // /status over the run
+	check       tableCheck
 	logWarnings int
 	logTail     string
 	statusErr   error // the last /status poll's error, if it failed
+	profiles    []string
 }
 
-// sampled is what the sampling goroutines of runSluice collect, under mu.
-type sampled struct {
-	mu         sync.Mutex
-	peakRSS    int64
-	hwm        int64
-	cpu        time.Duration
-	status     statusDoc
-	statusErr  error
-	firstWrite time.Duration
-	allWritten time.Duration
+// sustainedRate is rows per second while writing: from the first /status
+// that showed rows written to the first that showed all of them, counting the
+// rows written in between.
+func (s sluiceResult) sustainedRate() float64 {
+	if s.firstWrite <= 0 || s.allWritten <= s.firstWrite {
+		return rate(int(s.status.Written), s.elapsed)
+	}
+	return float64(s.status.Written-s.firstRows) / (s.allWritten - s.firstWrite).Seconds()
+}
+
+// sample is one /status reading.
+type sample struct {
+	at       time.Duration // since the process started
+	written  int64
+	consumed int64
+	records  int   // buffered records
+	bytes    int64 // buffered bytes
 }
 
 // statusDoc is the part of sluice's /status the bench reads.
 type statusDoc struct {
+	Ready        bool  `json:"ready"`
 	Consumed     int64 `json:"records_consumed"`
 	Written      int64 `json:"records_written"`
 	DeadLettered int64 `json:"records_dead_lettered"`
 	Buffer       struct {
+		Records    int   `json:"records"`
 		MaxRecords int   `json:"max_records"`
+		Bytes      int64 `json:"bytes"`
+		MaxBytes   int64 `json:"max_bytes"`
 		PeakBytes  int64 `json:"peak_bytes"`
 		Pauses     int64 `json:"pauses"`
 	} `json:"buffer"`
+	Partitions []struct {
+		Partition int32 `json:"partition"`
+	} `json:"partitions"`
 }
 
 // sinkMetrics are sums and counts of sluice's sink histograms.
@@ -209,171 +260,331 @@ type sinkMetrics struct {
 	writeSeconds, writes float64
 	batchRows, batches   float64
 	writeErrors          float64
+	writeBuckets         []bucket // sink_write_duration_seconds, cumulative
 	ok                   bool
 }
 
-// runSluice runs the binary with cfgPath until the group's committed lag on
-// topic is 0, then stops it with SIGTERM and waits for it.
-func runSluice(ctx context.Context, bin, cfgPath, dir string, env []string, statusAddr string,
-	adm *kadm.Client, group, topic string, ends map[int32]int64, n int, timeout time.Duration, watch *watcher,
-) (res sluiceResult, err error) {
-	logPath := filepath.Join(dir, "sluice.log")
-	logFile, err := os.Create(logPath)
+type bucket struct{ le, count float64 }
+
+// medianWrite estimates the median sink write from the histogram's buckets,
+// interpolating linearly inside the bucket that holds it.
+func (m sinkMetrics) medianWrite() time.Duration {
+	half := m.writes / 2
+	lo, below := 0.0, 0.0
+	for _, b := range m.writeBuckets {
+		if b.count >= half {
+			if b.count == below {
+				return time.Duration(b.le * float64(time.Second))
+			}
+			return time.Duration((lo + (b.le-lo)*(half-below)/(b.count-below)) * float64(time.Second))
+		}
+		lo, below = b.le, b.count
+	}
+	return 0
+}
+
+// sluiceProc is a running sluice binary with its samplers.
+type sluiceProc struct {
+	cmd        *exec.Cmd
+	pid        int
+	start      time.Time
+	listen     string
+	logPath    string
+	exited     chan struct{}
+	waitErr    error
+	client     *http.Client
+	before     cpuSample
+	stopPoll   func()
+	samplers   sync.WaitGroup
+	profDone   chan struct{}
+	profErr    error
+	mu         sync.Mutex // guards the fields below
+	live       sluiceResult
+	lastStatus statusDoc
+}
+
+// startSluice writes cfg's configuration and starts the binary, sampling its
+// memory and CPU every 100 ms and its /status every 25 ms until it exits.
+func (e *env) startSluice(ctx context.Context, mode runMode, group, topic, table string) (*sluiceProc, *sluiceResult, error) {
+	listen, err := freeAddr()
 	if err != nil {
-		return res, err
+		return nil, nil, err
 	}
-	defer logFile.Close()
-
-	cmd := exec.Command(bin, "run", "-c", cfgPath)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	before := watch.sample()
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return res, fmt.Errorf("start sluice: %w", err)
+	res := &sluiceResult{mode: mode, config: e.sluiceConfig(mode, group, topic, table, listen)}
+	cfgPath := filepath.Join(e.dir, "sluice-"+string(mode)+".yaml")
+	if err := os.WriteFile(cfgPath, []byte(res.config), 0o600); err != nil {
+		return nil, nil, err
 	}
-	pid := cmd.Process.Pid
-	logf("sluice: pid %d", pid)
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
+	if res.cfg, err = loadConfig(cfgPath, e.o.dsn, e.o.set); err != nil {
+		return nil, nil, fmt.Errorf("the bench's sluice configuration (%s): %w", mode, err)
+	}
+	if dlq := res.cfg.DLQ.Topic; dlq != "" {
+		// sluice creates its dead-letter topic (default <group>.dlq) at start.
+		e.cleanup("delete topic "+dlq, func(c context.Context) error { return deleteTopic(c, e.adm, dlq) })
+	}
+	e.cleanup("delete group "+group, func(c context.Context) error { return deleteGroup(c, e.adm, group) })
+	if mode == modeExactlyOnce {
+		offsets := res.cfg.Sink.Postgres.OffsetsTable
+		e.cleanup("drop table "+offsets, func(c context.Context) error {
+			_, err := e.pg.Exec(c, "DROP TABLE IF EXISTS "+offsets)
+			return err
+		})
+	}
+	res.bound, res.boundExpr = memoryBound(res.cfg, e.largest)
 
-	// Sample memory and CPU every 100 ms, and /status for the write phase.
-	// Memory is sampled until the process exits, to cover its shutdown too.
+	p := &sluiceProc{listen: listen, logPath: filepath.Join(e.dir, "sluice-"+string(mode)+".log"),
+		exited: make(chan struct{}), client: &http.Client{Timeout: 5 * time.Second}}
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer logFile.Close() // the child has its own descriptor
+	p.cmd = exec.Command(e.bin, "run", "-c", cfgPath)
+	p.cmd.Env = childEnv(e.o.dsn, e.o.set)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	p.before = e.watch.sample()
+	p.start = time.Now()
+	if err := p.cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start sluice: %w", err)
+	}
+	p.pid = p.cmd.Process.Pid
+	logf("sluice %s: pid %d, group %s", mode, p.pid, group)
+	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
+
 	// (ru_maxrss from wait4 is no use here: the kernel folds in the RSS of
 	// the forking parent, the bench, as it was when the child called exec.)
-	var (
-		live     sampled
-		polling  = make(chan struct{})
-		samplers sync.WaitGroup
-	)
-	stopPolling := sync.OnceFunc(func() { close(polling) })
-	defer func() {
-		stopPolling()
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		samplers.Wait()
-		res.peakRSS = max(res.peakRSS, live.peakRSS)
-		res.exitHWM = live.hwm
-		res.status, res.statusErr = live.status, live.statusErr
-		res.firstWrite, res.allWritten = live.firstWrite, live.allWritten
-		if res.cpu == 0 {
-			res.cpu = live.cpu
-		}
-		res.logWarnings, res.logTail = readLog(logPath)
-	}()
-	every := func(stop <-chan struct{}, f func()) {
-		samplers.Go(func() {
-			t := time.NewTicker(100 * time.Millisecond)
+	polling := make(chan struct{})
+	p.stopPoll = sync.OnceFunc(func() { close(polling) })
+	every := func(d time.Duration, stop <-chan struct{}, f func()) {
+		p.samplers.Go(func() {
+			t := time.NewTicker(d)
 			defer t.Stop()
 			for {
 				f()
 				select {
 				case <-stop:
 					return
-				case <-exited:
+				case <-p.exited:
 					return
 				case <-t.C:
 				}
 			}
 		})
 	}
-	every(exited, func() {
-		rss, hwm, err := memStatus(pid)
+	every(100*time.Millisecond, p.exited, func() {
+		rss, hwm, err := memStatus(p.pid)
 		if err != nil {
 			return
 		}
-		st, serr := readStat(pid)
-		live.mu.Lock()
-		defer live.mu.Unlock()
-		live.peakRSS = max(live.peakRSS, rss)
-		live.hwm = max(live.hwm, hwm)
+		st, serr := readStat(p.pid)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.live.peakRSS = max(p.live.peakRSS, rss)
+		p.live.hwm = max(p.live.hwm, hwm)
 		if serr == nil {
-			live.cpu = st.cpu
+			p.live.cpu = st.cpu
 		}
 	})
-	client := &http.Client{Timeout: time.Second}
-	every(polling, func() {
-		st, err := getStatus(ctx, client, statusAddr)
-		now := time.Since(start)
-		live.mu.Lock()
-		defer live.mu.Unlock()
-		live.statusErr = err
+	every(25*time.Millisecond, polling, func() {
+		st, err := getStatus(ctx, p.client, listen)
+		now := time.Since(p.start)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.live.statusErr = err
 		if err != nil {
 			return
 		}
-		live.status = st
-		if live.firstWrite == 0 && st.Written > 0 {
-			live.firstWrite = now
-		}
-		if live.allWritten == 0 && st.Written >= int64(n) {
-			live.allWritten = now
+		p.lastStatus = st
+		p.live.series = append(p.live.series, sample{at: now, written: st.Written, consumed: st.Consumed,
+			records: st.Buffer.Records, bytes: st.Buffer.Bytes})
+		if p.live.firstWrite == 0 && st.Written > 0 {
+			p.live.firstWrite, p.live.firstRows = now, st.Written
 		}
 	})
+	if e.o.profile != "" {
+		p.profDone = make(chan struct{})
+		secs := e.o.profileSeconds
+		if secs <= 0 {
+			secs = 3
+		}
+		go func() {
+			defer close(p.profDone)
+			path := filepath.Join(e.o.profile, string(mode)+".cpu.pprof")
+			p.profErr = fetchProfile(ctx, listen, fmt.Sprintf("profile?seconds=%d", secs), path, time.Duration(secs+30)*time.Second, p.exited)
+			if p.profErr == nil {
+				res.profiles = append(res.profiles, path)
+			}
+		}()
+	}
+	return p, res, nil
+}
 
-	// Wait for the committed lag to reach 0.
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	lastReport := time.Now()
+// fetchProfile GETs /debug/pprof/<what> into path, retrying until the
+// listener answers.
+func fetchProfile(ctx context.Context, listen, what, path string, timeout time.Duration, exited <-chan struct{}) error {
+	client := &http.Client{Timeout: timeout}
 	for {
-		done, remaining, lagErr := committedAll(ctx, adm, group, topic, ends)
-		if done {
-			res.elapsed = time.Since(start)
-			break
-		}
-		if time.Since(lastReport) >= 10*time.Second {
-			lastReport = time.Now()
-			fmt.Fprintf(os.Stderr, "bench: sluice running for %s, committed lag %d (lag error: %v)\n",
-				time.Since(start).Round(time.Second), remaining, lagErr)
-		}
-		if time.Now().After(deadline) {
-			return res, fmt.Errorf("sluice: committed lag still %d after %s (last lag error: %v)", remaining, timeout, lagErr)
+		resp, err := client.Get("http://" + listen + "/debug/pprof/" + what)
+		if err == nil {
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("GET /debug/pprof/%s: %s", what, resp.Status)
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(path, b, 0o644)
 		}
 		select {
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return ctx.Err()
 		case <-exited:
-			return res, fmt.Errorf("sluice exited before the lag reached 0: %v", waitErr)
+			return errors.New("sluice exited")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// waitWritten waits until sluice's group has committed every partition of
+// topic up to ends.
+func (e *env) waitCommitted(ctx context.Context, p *sluiceProc, group, topic string, ends map[int32]int64) (time.Duration, error) {
+	deadline := time.Now().Add(e.o.timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Now()
+	for {
+		done, remaining, lagErr := committedAll(ctx, e.adm, group, topic, ends)
+		if done {
+			return time.Since(p.start), nil
+		}
+		if time.Since(lastReport) >= 10*time.Second {
+			lastReport = time.Now()
+			logf("sluice running for %s, committed lag %d (lag error: %v)", time.Since(p.start).Round(time.Second), remaining, lagErr)
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("sluice: committed lag still %d after %s (last lag error: %v)", remaining, e.o.timeout, lagErr)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-p.exited:
+			return 0, fmt.Errorf("sluice exited before the lag reached 0: %v", p.waitErr)
 		case <-tick.C:
 		}
 	}
+}
 
-	// The lag is 0: read what the process holds before it starts to stop.
-	res.phase = watch.since(before)
-	if st, err := readStat(pid); err == nil {
+// finish reads what the process holds once its work is done, then stops it
+// with SIGTERM and waits for it; res gets everything sampled.
+func (e *env) finish(ctx context.Context, p *sluiceProc, res *sluiceResult, n int64) (err error) {
+	defer func() {
+		p.stopPoll()
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		p.samplers.Wait()
+		p.mu.Lock()
+		res.peakRSS = max(res.peakRSS, p.live.peakRSS)
+		res.exitHWM = p.live.hwm
+		res.status, res.statusErr = p.lastStatus, p.live.statusErr
+		res.series = p.live.series
+		res.firstWrite, res.firstRows = p.live.firstWrite, p.live.firstRows
+		for _, s := range res.series {
+			if s.written >= n {
+				res.allWritten = s.at
+				break
+			}
+		}
+		if res.cpu == 0 {
+			res.cpu = p.live.cpu
+		}
+		p.mu.Unlock()
+		res.logWarnings, res.logTail = readLog(p.logPath)
+		if err != nil && res.logTail != "" {
+			logf("sluice's log (last lines):\n%s", res.logTail)
+		}
+	}()
+	res.phase = e.watch.since(p.before)
+	if st, err := readStat(p.pid); err == nil {
 		res.cpu = st.cpu
 	}
-	if rss, hwm, err := memStatus(pid); err == nil {
+	if rss, hwm, err := memStatus(p.pid); err == nil {
 		res.peakRSS, res.hwm = rss, hwm
 	}
-	res.metrics = getSinkMetrics(ctx, client, statusAddr)
-	if st, err := getStatus(ctx, client, statusAddr); err == nil {
-		live.mu.Lock()
-		live.status = st
-		live.mu.Unlock()
+	res.metrics = getSinkMetrics(ctx, p.client, p.listen)
+	if st, err := getStatus(ctx, p.client, p.listen); err == nil {
+		p.mu.Lock()
+		p.lastStatus = st
+		p.live.series = append(p.live.series, sample{at: time.Since(p.start), written: st.Written, consumed: st.Consumed,
+			records: st.Buffer.Records, bytes: st.Buffer.Bytes})
+		p.mu.Unlock()
 	}
-	stopPolling()
+	p.stopPoll()
+	if e.o.profile != "" {
+		path := filepath.Join(e.o.profile, string(res.mode)+".allocs.pprof")
+		if err := fetchProfile(ctx, p.listen, "allocs", path, 30*time.Second, p.exited); err != nil {
+			logf("allocation profile: %v", err)
+		} else {
+			res.profiles = append(res.profiles, path)
+		}
+		<-p.profDone
+		if p.profErr != nil {
+			logf("CPU profile: %v", p.profErr)
+		}
+	}
 
 	stopAt := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return res, fmt.Errorf("SIGTERM sluice: %w", err)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("SIGTERM sluice: %w", err)
 	}
 	select {
-	case <-exited:
+	case <-p.exited:
 	case <-time.After(90 * time.Second):
-		return res, errors.New("sluice did not exit within 90s of SIGTERM")
+		return errors.New("sluice did not exit within 90s of SIGTERM")
 	}
 	res.shutdown = time.Since(stopAt)
-	res.exitCode = cmd.ProcessState.ExitCode()
-	res.cpuTotal = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	res.exitCode = p.cmd.ProcessState.ExitCode()
+	res.cpuTotal = p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
 	if res.exitCode != 0 {
-		return res, fmt.Errorf("sluice exited with %d after SIGTERM", res.exitCode)
+		return fmt.Errorf("sluice exited with %d after SIGTERM", res.exitCode)
 	}
+	return nil
+}
+
+// sluiceRun runs the binary in mode on a fresh table and group until the
+// group's committed lag on topic is 0, then checks the table.
+func (e *env) sluiceRun(ctx context.Context, mode runMode, topic string, ends map[int32]int64) (*sluiceResult, error) {
+	shape := tableShape
+	if mode == modeUpsert {
+		shape = tableShapeKeyed
+	}
+	table, err := e.table(ctx, strings.ReplaceAll(string(mode), "-", "_"), shape)
+	if err != nil {
+		return nil, err
+	}
+	e.cleanup("drop table "+table, func(c context.Context) error { return dropTable(c, e.pg, table) })
+	group := table
+	p, res, err := e.startSluice(ctx, mode, group, topic, table)
+	if err != nil {
+		return nil, err
+	}
+	elapsed, werr := e.waitCommitted(ctx, p, group, topic, ends)
+	res.elapsed = elapsed
+	if err := e.finish(ctx, p, res, int64(e.o.records)); werr != nil || err != nil {
+		return nil, errors.Join(werr, err)
+	}
+	if res.check, err = checkTable(ctx, e.pg, table); err != nil {
+		return nil, err
+	}
+	if res.check.distinct != int64(e.o.records) || res.check.rows != int64(e.o.records) {
+		return nil, fmt.Errorf("sluice %s: the table holds %d rows, %d distinct (kafka_partition, kafka_offset), of %d records",
+			mode, res.check.rows, res.check.distinct, e.o.records)
+	}
+	logf("sluice %s: %.0f rows/s while writing, %.2f s to committed lag 0", mode, res.sustainedRate(), res.elapsed.Seconds())
 	return res, nil
 }
 
@@ -439,6 +650,13 @@ func getSinkMetrics(ctx context.Context, client *http.Client, addr string) sinkM
 			m.batches += v
 		case "sluice_sink_write_errors_total":
 			m.writeErrors += v
+		case "sluice_sink_write_duration_seconds_bucket":
+			if _, le, ok := strings.Cut(line, `le="`); ok {
+				le, _, _ = strings.Cut(le, `"`)
+				if b, err := strconv.ParseFloat(le, 64); err == nil && !math.IsInf(b, 1) {
+					m.writeBuckets = append(m.writeBuckets, bucket{le: b, count: v})
+				}
+			}
 		}
 	}
 	m.ok = m.writes > 0

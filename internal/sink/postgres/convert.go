@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"strconv"
@@ -161,6 +163,8 @@ func fromJSON(k kind, res gjson.Result, value []byte) (any, problem) {
 			s := res.Str
 			if strings.IndexByte(res.Raw, '\\') < 0 {
 				s = strings.Clone(s)
+			} else if p := escapeProblem(unsafeBytes(res.Raw), false); p != "" {
+				return nil, p // gjson would have written U+FFFD for it
 			}
 			if p := checkText(s); p != "" {
 				return nil, p
@@ -245,7 +249,8 @@ func fromBytes(k kind, b []byte) (any, problem) {
 		}
 		return string(b), ""
 	case kindJSON, kindJSONB:
-		if !gjson.ValidBytes(b) {
+		// Not gjson.ValidBytes: it recurses once per level of nesting.
+		if scanValue(b, &pathTree{}, nil, nil).status != scanOK {
 			return nil, "not valid JSON"
 		}
 		if p := checkJSON(k, b); p != "" {
@@ -300,14 +305,7 @@ func fromInt64(k kind, v int64) (any, problem) {
 	case kindFloat8:
 		return float64(v), ""
 	case kindNumeric:
-		mag := uint64(v)
-		if v < 0 {
-			mag = -mag // two's complement: also right for MinInt64
-		}
-		if mag <= math.MaxUint {
-			return smallNumeric(mag, v < 0, 0), ""
-		}
-		return &pgtype.Numeric{Int: big.NewInt(v), Valid: true}, ""
+		return numericFromInt64(v), ""
 	case kindText:
 		return strconv.FormatInt(v, 10), ""
 	}
@@ -332,10 +330,24 @@ func fromTime(k kind, t time.Time) (any, problem) {
 
 func toInt(k kind, s string) (any, problem) {
 	v, p := parseInteger(s)
-	if p != "" {
+	switch {
+	case p == errRange:
+		return nil, outOfRange(k)
+	case p != "":
 		return nil, p
 	}
 	return intOf(k, v)
+}
+
+// outOfRange names the range a value of kind k left.
+func outOfRange(k kind) problem {
+	switch k {
+	case kindInt2:
+		return "out of range for smallint"
+	case kindInt4:
+		return "out of range for integer"
+	}
+	return "out of range for bigint"
 }
 
 // intOf range-checks v for k and returns it as k's Go type.
@@ -355,30 +367,157 @@ func intOf(k kind, v int64) (any, problem) {
 	return v, ""
 }
 
-// maxExactFloat is the largest integer a float64 holds exactly.
-const maxExactFloat = 1 << 53
-
 // parseInteger parses a decimal integer. A number with a fraction or an exponent
-// is accepted when its value is an exact integer (12.0, 1e3).
+// is accepted when its value is an exact integer (12.0, 1e3, 12000e-3). A
+// number out of int64's range is errRange, whatever its length or exponent;
+// its digits are never parsed as a float, so none is rounded.
 func parseInteger(s string) (int64, problem) {
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err == nil {
-		return v, ""
+	if len(s) <= maxIntegerText {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err == nil {
+			return v, ""
+		}
+		if errors.Is(err, strconv.ErrRange) && isDecimal(s) { // ParseInt stops at an overflow: to it "100000000000000000000A" is out of range
+			return 0, errRange
+		}
 	}
-	if errors.Is(err, strconv.ErrRange) {
-		return 0, "out of range for bigint"
-	}
-	if !isDecimal(s) {
-		return 0, wrongType
-	}
-	f, err := strconv.ParseFloat(s, 64)
+	d, ok := splitDecimal(s)
 	switch {
-	case err != nil || math.Abs(f) > maxExactFloat:
-		return 0, "out of range (write large integers without a fraction or exponent)"
-	case f != math.Trunc(f):
+	case !ok:
+		return 0, wrongType
+	case d.digits() == 0:
+		return 0, ""
+	case d.expOverflow && d.exp > 0:
+		return 0, errRange
+	case d.expOverflow:
 		return 0, "not an integer"
 	}
-	return int64(f), ""
+	// The value is digits × 10^exp; it is an integer when the digits past
+	// the point (the last -exp ones) are zeros.
+	n := int64(d.digits())
+	if d.exp < 0 {
+		if -d.exp >= n {
+			return 0, "not an integer" // 0 < |value| < 1
+		}
+		n += d.exp
+		for i := n; i < int64(d.digits()); i++ {
+			if d.digit(i) != '0' {
+				return 0, "not an integer"
+			}
+		}
+	}
+	if n+max(d.exp, 0) > 19 {
+		return 0, errRange
+	}
+	var v uint64 // at most 19 digits: no overflow
+	for i := range n {
+		v = v*10 + uint64(d.digit(i)-'0')
+	}
+	for range max(d.exp, 0) {
+		v *= 10
+	}
+	switch {
+	case d.neg && v <= 1<<63:
+		return -int64(v), "" // -(1<<63) wraps to MinInt64, as it should
+	case !d.neg && v <= math.MaxInt64:
+		return int64(v), ""
+	}
+	return 0, errRange
+}
+
+// errRange is an integer out of int64's range; toInt names the column type's
+// range instead.
+const errRange problem = "\x00out of range"
+
+// maxIntegerText is the longest text strconv.ParseInt is asked to read: a
+// sign and 19 digits with room for a few leading zeros. Longer text is read
+// without it, as its errors copy the text.
+const maxIntegerText = 32
+
+// decimal is a decimal number split for exact reading: ±(hi lo) × 10^exp,
+// where hi lo are its significant digits (leading zeros dropped) and exp the
+// power of ten of the last of them.
+type decimal struct {
+	neg bool
+	// hi is the digits before the point without leading zeros; lo the digits
+	// after it, also without leading zeros when hi is empty.
+	hi, lo string
+	exp    int64
+	// expOverflow: the exponent does not fit 32 bits; exp is then only its sign.
+	expOverflow bool
+}
+
+func (d *decimal) digits() int { return len(d.hi) + len(d.lo) }
+
+// digit returns the i-th significant digit.
+func (d *decimal) digit(i int64) byte {
+	if i < int64(len(d.hi)) {
+		return d.hi[i]
+	}
+	return d.lo[i-int64(len(d.hi))]
+}
+
+// splitDecimal splits s if it is a decimal number (as isDecimal says), in
+// one pass.
+func splitDecimal(s string) (d decimal, ok bool) {
+	i := 0
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		d.neg = s[i] == '-'
+		i++
+	}
+	start := i
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+	intPart, fracPart := s[start:i], ""
+	if i < len(s) && s[i] == '.' {
+		i++
+		start = i
+		for i < len(s) && isDigit(s[i]) {
+			i++
+		}
+		fracPart = s[start:i]
+	}
+	if intPart == "" && fracPart == "" {
+		return d, false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		negExp := false
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			negExp = s[i] == '-'
+			i++
+		}
+		if i == len(s) {
+			return d, false
+		}
+		for ; i < len(s) && isDigit(s[i]); i++ {
+			if d.exp = d.exp*10 + int64(s[i]-'0'); d.exp > math.MaxInt32 {
+				d.expOverflow, d.exp = true, math.MaxInt32 // the digits go on being read
+			}
+		}
+		if negExp {
+			d.exp = -d.exp
+		}
+		if d.expOverflow {
+			d.exp = 1
+			if negExp {
+				d.exp = -1
+			}
+		}
+	}
+	if i != len(s) {
+		return d, false
+	}
+	if !d.expOverflow {
+		d.exp -= int64(len(fracPart))
+	}
+	if d.hi = strings.TrimLeft(intPart, "0"); d.hi != "" {
+		d.lo = fracPart
+	} else {
+		d.lo = strings.TrimLeft(fracPart, "0")
+	}
+	return d, true
 }
 
 // isDecimal reports whether s is a decimal number: an optional sign, digits with
@@ -420,6 +559,9 @@ func isDecimal(s string) bool {
 // --- floating point and numeric ---
 
 func isFloatSpecial(s string) bool {
+	if len(s) > len("-infinity") {
+		return false
+	}
 	switch strings.ToLower(s) {
 	case "nan", "infinity", "+infinity", "-infinity", "inf", "+inf", "-inf":
 		return true
@@ -442,16 +584,24 @@ func toFloat(k kind, s string) (any, problem) {
 	return f, ""
 }
 
-// PostgreSQL's numeric holds up to 131072 digits before the point and 16383
-// after it; the bound also keeps a hostile exponent from costing memory.
+// The numbers a numeric column takes. PostgreSQL's numeric holds up to 131072
+// digits before the point and 16383 after it, but a number's binary form costs
+// time in the square of its digits to make (pgx divides a big.Int by 10000 for
+// every four of them): 100,000 digits took 14 ms and 23 MB to parse and 300 ms
+// to encode, so a batch of such records would outlast any write timeout.
+// sluice takes what a declared numeric(p, s) can hold at most, p and s up to
+// 1000, which costs microseconds, and any power of ten on top up to
+// PostgreSQL's weight limit (1e131000 is cheap: pgx keeps its exponent).
 const (
-	numericMaxWeight = 131072
-	numericMaxScale  = 16383
+	numericMaxWeight = 131072 // digits before the point, as in PostgreSQL
+	numericMaxScale  = 1000   // digits after the point
+	numericMaxDigits = 1000   // significant digits
 )
 
-// toNumeric parses a decimal number (or NaN, ±Infinity) into a *pgtype.Numeric.
+// toNumeric parses a decimal number into a numericValue, or one too long for
+// it and NaN, ±Infinity into a *pgtype.Numeric.
 func toNumeric(s string) (any, problem) {
-	if s != "" && (s[len(s)-1] < '0' || s[len(s)-1] > '9') { // a number ends in a digit, but for "5."
+	if s != "" && len(s) <= len("-infinity") && (s[len(s)-1] < '0' || s[len(s)-1] > '9') { // a number ends in a digit, but for "5."
 		switch strings.ToLower(s) {
 		case "nan":
 			return &pgtype.Numeric{NaN: true, Valid: true}, ""
@@ -461,88 +611,52 @@ func toNumeric(s string) (any, problem) {
 			return &pgtype.Numeric{InfinityModifier: pgtype.NegativeInfinity, Valid: true}, ""
 		}
 	}
-	if !isDecimal(s) {
+	d, ok := splitDecimal(s)
+	if !ok {
 		return nil, wrongType
 	}
-	mant, expPart := s, ""
-	for i := 0; i < len(s); i++ {
-		if s[i] == 'e' || s[i] == 'E' {
-			mant, expPart = s[:i], s[i+1:]
-			break
-		}
-	}
-	var exp int64
-	if expPart != "" {
-		e, err := strconv.ParseInt(expPart, 10, 32)
-		if err != nil {
-			return nil, "out of range for numeric"
-		}
-		exp = e
-	}
-	neg := false
+	sig := d.digits()
 	switch {
-	case strings.HasPrefix(mant, "-"):
-		neg, mant = true, mant[1:]
-	case strings.HasPrefix(mant, "+"):
-		mant = mant[1:]
-	}
-	digits := len(mant)
-	if i := strings.IndexByte(mant, '.'); i >= 0 {
-		digits--
-		exp -= int64(len(mant) - i - 1)
-	}
-	if exp < -numericMaxScale || exp+int64(digits) > numericMaxWeight {
+	case sig == 0 && d.exp > 0:
+		return numericFromInt64(0), "" // 0e999999 is 0
+	case d.expOverflow && d.exp > 0:
+		return nil, "out of range for numeric"
+	case d.expOverflow || d.exp < -numericMaxScale:
+		return nil, problem(fmt.Sprintf("has %s digits after the point; sluice writes at most %d, the largest scale of a declared numeric",
+			afterPoint(d), numericMaxScale))
+	case sig > numericMaxDigits:
+		return nil, problem(fmt.Sprintf("has %d significant digits; sluice writes at most %d, the largest precision of a declared numeric", sig, numericMaxDigits))
+	case int64(sig)+d.exp > numericMaxWeight:
 		return nil, "out of range for numeric"
 	}
-	if digits <= maxSmallDigits {
-		var v uint64
-		for i := 0; i < len(mant); i++ {
-			if c := mant[i]; c != '.' {
-				v = v*10 + uint64(c-'0')
-			}
-		}
-		if v <= math.MaxUint {
-			return smallNumeric(v, neg, int32(exp)), ""
-		}
+	if n, ok := numericFromDecimal(d.neg, d.hi, d.lo, d.exp); ok {
+		return n, "" // already in the binary form (numeric.go)
 	}
 	n := new(big.Int)
-	if _, ok := n.SetString(strings.Replace(mant, ".", "", 1), 10); !ok {
+	if _, ok := n.SetString(d.hi+d.lo, 10); !ok {
 		return nil, wrongType
 	}
-	if neg {
+	if d.neg {
 		n.Neg(n)
 	}
-	return &pgtype.Numeric{Int: n, Exp: int32(exp), Valid: true}, ""
+	return &pgtype.Numeric{Int: n, Exp: int32(d.exp), Valid: true}, ""
 }
 
-// maxSmallDigits is the most decimal digits a uint64 always holds.
-const maxSmallDigits = 19
-
-// numericBox is a numeric whose digits fit a machine word, with its big.Int and
-// the word in the same allocation.
-type numericBox struct {
-	n pgtype.Numeric
-	i big.Int
-	w [1]big.Word
-}
-
-// smallNumeric returns ±v·10^exp as a *pgtype.Numeric in one allocation (pgx
-// encodes the pointer as the value). v must fit a big.Word.
-func smallNumeric(v uint64, neg bool, exp int32) *pgtype.Numeric {
-	b := new(numericBox)
-	b.w[0] = big.Word(v)
-	b.i.SetBits(b.w[:])
-	if neg {
-		b.i.Neg(&b.i)
+// afterPoint says how many digits d has after the point, for messages.
+func afterPoint(d decimal) string {
+	if d.expOverflow {
+		return "more than 2147483647"
 	}
-	b.n = pgtype.Numeric{Int: &b.i, Exp: exp, Valid: true}
-	return &b.n
+	return strconv.FormatInt(-d.exp, 10)
 }
 
 // --- booleans, times, bytes, uuids ---
 
 // parseBool accepts the spellings PostgreSQL accepts for boolean input.
 func parseBool(s string) (value, ok bool) {
+	if len(s) > len("false") {
+		return false, false
+	}
 	switch strings.ToLower(s) {
 	case "true", "t", "yes", "y", "on", "1":
 		return true, true
@@ -565,6 +679,10 @@ func fromEpochMillis(k kind, ms int64) (any, problem) {
 	return fromTime(k, time.UnixMilli(ms))
 }
 
+// maxTimeText is longer than any timestamp parseTime accepts (35 bytes with
+// nanoseconds and an offset).
+const maxTimeText = 64
+
 const (
 	layoutZoned      = time.RFC3339 // parsing accepts a fraction after the seconds
 	layoutZonedSpace = "2006-01-02 15:04:05Z07:00"
@@ -577,6 +695,9 @@ const (
 // timestamptz needs a UTC offset; timestamp takes the UTC wall-clock time of a
 // zoned value and a zoneless one as written; date takes the date as written.
 func parseTime(k kind, s string) (time.Time, bool) {
+	if len(s) > maxTimeText {
+		return time.Time{}, false // and time.Parse's error would copy it
+	}
 	if k == kindDate && len(s) == len(layoutDate) {
 		t, err := time.Parse(layoutDate, s)
 		return t, err == nil
@@ -699,15 +820,69 @@ func checkText(s string) problem {
 }
 
 // checkJSON refuses JSON that PostgreSQL's json or jsonb input would: invalid
-// UTF-8, and for jsonb the \u0000 escape.
+// UTF-8, and for jsonb the \u0000 escape and a UTF-16 surrogate escape that
+// is not half of a pair. b is valid JSON.
 func checkJSON(k kind, b []byte) problem {
 	if !utf8.Valid(b) {
 		return "not valid UTF-8"
 	}
-	if k == kindJSONB && strings.Contains(unsafeString(b), `\u0000`) {
-		return `contains a \u0000 escape, which jsonb cannot hold`
+	if k == kindJSONB {
+		return escapeProblem(b, true)
 	}
 	return ""
+}
+
+// escapeProblem finds, in the valid JSON text b, the escapes no PostgreSQL
+// text can stand for: a UTF-16 surrogate that is not half of a pair (\ud800
+// alone), and with nul also \u0000. It reads b's backslashes only, so a value
+// without escapes costs one IndexByte.
+func escapeProblem(b []byte, nul bool) problem {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\\')
+		if j < 0 || i+j+1 >= len(b) {
+			return ""
+		}
+		i += j + 1 // at the escape's letter
+		if b[i] != 'u' {
+			i++ // \\ too: its second backslash is not an escape
+			continue
+		}
+		r, ok := hex4(b, i+1)
+		if !ok {
+			return ""
+		}
+		i += 5
+		switch {
+		case r == 0 && nul:
+			return `contains a \u0000 escape, which PostgreSQL cannot store in text or jsonb`
+		case r >= 0xD800 && r < 0xDC00: // a high surrogate: a low one must follow
+			if i+1 < len(b) && b[i] == '\\' && b[i+1] == 'u' {
+				if r2, ok := hex4(b, i+2); ok && r2 >= 0xDC00 && r2 < 0xE000 {
+					i += 6
+					continue
+				}
+			}
+			return problem(fmt.Sprintf(`contains the escape \u%04x, half of a UTF-16 surrogate pair without its other half, which is no character`, r))
+		case r >= 0xDC00 && r < 0xE000:
+			return problem(fmt.Sprintf(`contains the escape \u%04x, half of a UTF-16 surrogate pair without its other half, which is no character`, r))
+		}
+	}
+}
+
+// hex4 reads the four hex digits at b[i:].
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		n, ok := hexNibble(c)
+		if !ok {
+			return 0, false
+		}
+		r = r<<4 | rune(n)
+	}
+	return r, true
 }
 
 // --- messages ---

@@ -21,6 +21,14 @@ func num(i int64, exp int32) pgtype.Numeric {
 	return pgtype.Numeric{Int: big.NewInt(i), Exp: exp, Valid: true}
 }
 
+func bigOf(s string) *big.Int {
+	b, ok := new(big.Int).SetString(s, 10)
+	if !ok {
+		panic(s)
+	}
+	return b
+}
+
 func uuidOf(s string) [16]byte {
 	u, ok := parseUUID(s)
 	if !ok {
@@ -43,20 +51,40 @@ func same(got, want any) bool {
 		g, ok := got.(time.Time)
 		return ok && g.Equal(w) && g.Location() == w.Location()
 	case pgtype.Numeric:
-		gp, ok := got.(*pgtype.Numeric)
-		if !ok {
+		var g pgtype.Numeric
+		switch gv := got.(type) {
+		case *pgtype.Numeric:
+			g = *gv
+		case numericValue:
+			n, err := gv.NumericValue()
+			if err != nil {
+				return false
+			}
+			g = n
+		default:
 			return false
 		}
-		g := *gp
 		if g.Valid != w.Valid || g.NaN != w.NaN || g.InfinityModifier != w.InfinityModifier {
 			return false
 		}
-		if w.Int == nil {
+		if w.Int == nil || w.Int.Sign() == 0 {
 			return g.Int == nil || g.Int.Sign() == 0
 		}
-		return g.Int != nil && g.Int.Cmp(w.Int) == 0 && g.Exp == w.Exp
+		// The same number with the same display scale: 1e3 may come as
+		// 1000·10^0 or 1·10^3, but 1.50 keeps its two places.
+		return g.Int != nil && numericRat(g).Cmp(numericRat(w)) == 0 && max(0, -g.Exp) == max(0, -w.Exp)
 	}
 	return reflect.DeepEqual(got, want)
+}
+
+// numericRat is n's value, Int·10^Exp.
+func numericRat(n pgtype.Numeric) *big.Rat {
+	r := new(big.Rat).SetInt(n.Int)
+	p := new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(max(n.Exp, -n.Exp))), nil))
+	if n.Exp >= 0 {
+		return r.Mul(r, p)
+	}
+	return r.Quo(r, p)
 }
 
 // TestConvertJSON maps {"v": <json>} into a column of each supported type.
@@ -90,11 +118,30 @@ func TestConvertJSON(t *testing.T) {
 		{"int8 fraction", pgtype.Int8OID, false, `12.5`, nil, "found number 12.5, not an integer"},
 		{"int8 fraction as string", pgtype.Int8OID, false, `"12.5"`, nil, "not an integer"},
 		{"int8 bad string", pgtype.Int8OID, false, `"12abc"`, nil, `found string "12abc", want an integer`},
+		{"int8 overflowing digits then junk", pgtype.Int8OID, false, `"100000000000000000000A"`, nil, "want an integer"}, // found by FuzzParseInteger
 		{"int8 padded string", pgtype.Int8OID, false, `" 12"`, nil, "want an integer"},
 		{"int8 empty string", pgtype.Int8OID, false, `""`, nil, "want an integer"},
 		{"int8 bool", pgtype.Int8OID, false, `true`, nil, "found boolean true, want an integer"},
 		{"int8 object", pgtype.Int8OID, false, `{"a":1}`, nil, "found object, want an integer"},
 		{"int8 array", pgtype.Int8OID, false, `[1]`, nil, "found array, want an integer"},
+		{"int8 huge exponent named", pgtype.Int8OID, false, `1e999999`, nil, "found number 1e999999, out of range for bigint"},
+		{"int8 exponent overflow", pgtype.Int8OID, false, `1e99999999999`, nil, "out of range for bigint"},
+		{"int8 100k digits", pgtype.Int8OID, false, strings.Repeat("9", 100_000), nil, "out of range for bigint"},
+		{"int8 tiny", pgtype.Int8OID, false, `1e-400`, nil, "not an integer"},
+		{"int8 tiny exponent overflow", pgtype.Int8OID, false, `1e-99999999999`, nil, "not an integer"},
+		{"int8 zero with exponent", pgtype.Int8OID, false, `0.000e999999`, int64(0), ""},
+		{"int8 leading zeros string", pgtype.Int8OID, false, `"` + strings.Repeat("0", 100) + `42"`, int64(42), ""},
+		{"int8 beyond 2^53 with exponent is exact", pgtype.Int8OID, false, `9007199254740993e0`, int64(9007199254740993), ""},
+		{"int8 max with fraction", pgtype.Int8OID, false, `9223372036854775807.000`, int64(math.MaxInt64), ""},
+		{"int8 min with exponent", pgtype.Int8OID, false, `-922337203685477580.8e1`, int64(math.MinInt64), ""},
+		{"int8 max plus one with exponent", pgtype.Int8OID, false, `922337203685477580.8e1`, nil, "out of range for bigint"},
+		{"int8 fraction deep in zeros", pgtype.Int8OID, false, "1." + strings.Repeat("0", 100_000) + "1", nil, "not an integer"},
+		{"int8 many zeros after the point", pgtype.Int8OID, false, "7." + strings.Repeat("0", 100_000), int64(7), ""},
+		{"int8 small with negative exponent", pgtype.Int8OID, false, `12000e-3`, int64(12), ""},
+		{"int8 just beyond bigint", pgtype.Int8OID, false, `9.3e18`, nil, "out of range for bigint"},
+		{"int4 huge names integer", pgtype.Int4OID, false, `123456789012345678901234567890`, nil, "out of range for integer"},
+		{"int4 1e999999 names integer", pgtype.Int4OID, false, `1e999999`, nil, "out of range for integer"},
+		{"int2 huge names smallint", pgtype.Int2OID, false, `"1e30"`, nil, "out of range for smallint"},
 
 		// floating point
 		{"float4", pgtype.Float4OID, false, `1.5`, float32(1.5), ""},
@@ -108,6 +155,11 @@ func TestConvertJSON(t *testing.T) {
 		{"float8 hex string refused", pgtype.Float8OID, false, `"0x1p3"`, nil, "want a number"},
 		{"float8 bad string", pgtype.Float8OID, false, `"abc"`, nil, `found string "abc", want a number`},
 		{"float8 bool", pgtype.Float8OID, false, `false`, nil, "want a number"},
+		{"float8 1e999999", pgtype.Float8OID, false, `1e999999`, nil, "out of range for double precision"},
+		{"float8 -1e999999", pgtype.Float8OID, false, `-1e999999`, nil, "out of range for double precision"},
+		{"float8 100k digits", pgtype.Float8OID, false, "1" + strings.Repeat("0", 100_000), nil, "out of range for double precision"},
+		{"float8 long fraction", pgtype.Float8OID, false, "0." + strings.Repeat("3", 100_000), 1.0 / 3, ""},
+		{"float8 long string", pgtype.Float8OID, false, `"` + strings.Repeat("n", 100_000) + `"`, nil, "want a number"},
 
 		// numeric
 		{"numeric", pgtype.NumericOID, false, `12.50`, num(1250, -2), ""},
@@ -129,6 +181,21 @@ func TestConvertJSON(t *testing.T) {
 		{"numeric exponent out of range", pgtype.NumericOID, false, `1e200000`, nil, "out of range for numeric"},
 		{"numeric exponent overflow", pgtype.NumericOID, false, `1e99999999999`, nil, "out of range for numeric"},
 		{"numeric bad string", pgtype.NumericOID, false, `"12,50"`, nil, `found string "12,50", want a number`},
+		{"numeric 1000 digits", pgtype.NumericOID, false, strings.Repeat("9", 1000), pgtype.Numeric{Int: bigOf(strings.Repeat("9", 1000)), Valid: true}, ""},
+		{"numeric 1001 digits", pgtype.NumericOID, false, strings.Repeat("9", 1001), nil, "has 1001 significant digits; sluice writes at most 1000"},
+		{"numeric 100k digits", pgtype.NumericOID, false, strings.Repeat("7", 100_000), nil, "has 100000 significant digits"},
+		{"numeric 100k digits as string", pgtype.NumericOID, false, `"-` + strings.Repeat("7", 100_000) + `"`, nil, "has 100000 significant digits"},
+		{"numeric leading zeros are not digits", pgtype.NumericOID, false, `"` + strings.Repeat("0", 5000) + `1.5"`, num(15, -1), ""},
+		{"numeric 1000 after the point", pgtype.NumericOID, false, "0." + strings.Repeat("0", 999) + "1", num(1, -1000), ""},
+		{"numeric 1001 after the point", pgtype.NumericOID, false, "1." + strings.Repeat("0", 1001), nil, "has 1001 digits after the point; sluice writes at most 1000"},
+		{"numeric tiny exponent", pgtype.NumericOID, false, `1e-16383`, nil, "has 16383 digits after the point"},
+		{"numeric 1e999999", pgtype.NumericOID, false, `1e999999`, nil, "out of range for numeric"},
+		{"numeric largest weight", pgtype.NumericOID, false, `1e131071`, num(1, 131071), ""},
+		{"numeric past the largest weight", pgtype.NumericOID, false, `10e131071`, nil, "out of range for numeric"},
+		{"numeric zero with a huge exponent", pgtype.NumericOID, false, `0e999999`, num(0, 0), ""},
+		{"numeric zero with a tiny exponent", pgtype.NumericOID, false, `0e-999999`, nil, "has 999999 digits after the point"},
+		{"numeric exponent past 32 bits", pgtype.NumericOID, false, `1e-99999999999`, nil, "has more than 2147483647 digits after the point"},
+		{"numeric long special-looking string", pgtype.NumericOID, false, `"` + strings.Repeat("x", 100_000) + `"`, nil, "want a number"},
 		{"numeric bool", pgtype.NumericOID, false, `true`, nil, "found boolean true, want a number"},
 
 		// text
@@ -139,6 +206,17 @@ func TestConvertJSON(t *testing.T) {
 		{"text from object", pgtype.TextOID, false, `{"a": [1, 2]}`, `{"a": [1, 2]}`, ""},
 		{"text from array", pgtype.TextOID, false, `[1,2]`, "[1,2]", ""},
 		{"text NUL", pgtype.TextOID, false, `"a\u0000b"`, nil, "contains a NUL character"},
+		{"text escaped backslash before u0000", pgtype.TextOID, false, `"a\\u0000b"`, `a\u0000b`, ""},
+		{"text invalid UTF-8", pgtype.TextOID, false, "\"a\xffb\"", nil, "not valid UTF-8"},
+		{"text invalid UTF-8 with escapes", pgtype.TextOID, false, "\"\\n\xc3\"", nil, "not valid UTF-8"},
+		{"text surrogate pair", pgtype.TextOID, false, `"\ud83d\ude00"`, "😀", ""},
+		{"text lone high surrogate", pgtype.TextOID, false, `"a\ud800b"`, nil, `contains the escape \ud800, half of a UTF-16 surrogate pair`},
+		{"text lone low surrogate", pgtype.TextOID, false, `"\udc00"`, nil, `\udc00, half of a UTF-16 surrogate pair`},
+		{"text high surrogate then not low", pgtype.TextOID, false, `"\ud83d\u0041"`, nil, `\ud83d, half of a UTF-16 surrogate pair`},
+		{"text object keeps escapes as text", pgtype.TextOID, false, `{"a":"\u0000\ud800"}`, `{"a":"\u0000\ud800"}`, ""},
+		{"text object invalid UTF-8", pgtype.TextOID, false, "{\"a\":\"\xff\"}", nil, "not valid UTF-8"},
+		{"bool long string", pgtype.BoolOID, false, `"` + strings.Repeat("t", 100_000) + `"`, nil, "want a boolean"},
+		{"timestamptz long string", pgtype.TimestamptzOID, false, `"2024-01-02T03:04:05` + strings.Repeat("9", 100_000) + `Z"`, nil, "want an RFC 3339"},
 		{"varchar", pgtype.VarcharOID, false, `"abc"`, "abc", ""},
 		{"bpchar", pgtype.BPCharOID, false, `"EUR"`, "EUR", ""},
 
@@ -178,6 +256,14 @@ func TestConvertJSON(t *testing.T) {
 		{"jsonb bool", pgtype.JSONBOID, false, `true`, []byte(`true`), ""},
 		{"jsonb NUL escape", pgtype.JSONBOID, false, `"a\u0000"`, nil, `contains a \u0000 escape`},
 		{"json NUL escape is fine", pgtype.JSONOID, false, `"a\u0000"`, []byte(`"a\u0000"`), ""},
+		{"jsonb escaped backslash before u0000", pgtype.JSONBOID, false, `{"a":"\\u0000"}`, []byte(`{"a":"\\u0000"}`), ""},
+		{"jsonb NUL escape deep", pgtype.JSONBOID, false, `{"a":[{"b":"x\u0000"}]}`, nil, `contains a \u0000 escape`},
+		{"jsonb lone surrogate", pgtype.JSONBOID, false, `{"a":"\udbff"}`, nil, `\udbff, half of a UTF-16 surrogate pair`},
+		{"jsonb lone surrogate at the end", pgtype.JSONBOID, false, `"\ud800"`, nil, `\ud800, half of a UTF-16 surrogate pair`},
+		{"jsonb surrogate pair", pgtype.JSONBOID, false, `"\uD83D\uDE00"`, []byte(`"\uD83D\uDE00"`), ""},
+		{"jsonb invalid UTF-8", pgtype.JSONBOID, false, "[\"\xed\xa0\x80\"]", nil, "not valid UTF-8"},
+		{"json lone surrogate is fine", pgtype.JSONOID, false, `"\ud800"`, []byte(`"\ud800"`), ""},
+		{"json invalid UTF-8", pgtype.JSONOID, false, "\"\xc0\xaf\"", nil, "not valid UTF-8"},
 		{"json array", pgtype.JSONOID, false, `[1, {"b": null}]`, []byte(`[1, {"b": null}]`), ""},
 
 		// bytea

@@ -292,6 +292,9 @@ func numericTexts(rows []record.Row, f int) ([]pgtype.Text, error) {
 		case *pgtype.Numeric:
 			buf = appendNumeric(buf[:0], v)
 			out[i] = pgtype.Text{String: string(buf), Valid: v.Valid}
+		case numericValue:
+			buf = v.appendText(buf[:0])
+			out[i] = pgtype.Text{String: string(buf), Valid: true}
 		default:
 			return nil, fmt.Errorf("a numeric column's value is a %T", v)
 		}
@@ -404,4 +407,38 @@ func without(rows []record.Row, drop []int) []record.Row {
 		out = append(out, row)
 	}
 	return out
+}
+
+// appendText appends n in PostgreSQL's text form, with its display scale:
+// the base-10000 digits up to the weight, then dscale decimal digits.
+func (n numericValue) appendText(b []byte) []byte {
+	if n.sign == numericNegative {
+		b = append(b, '-')
+	}
+	digit := func(k int) int16 { // base-10000 digit k; zero outside the stored ones
+		if k < 0 || k >= int(n.ndigits) {
+			return 0
+		}
+		return n.digits[k]
+	}
+	four := func(b []byte, d int16) []byte {
+		return append(b, byte('0'+d/1000), byte('0'+d/100%10), byte('0'+d/10%10), byte('0'+d%10))
+	}
+	if n.weight < 0 {
+		b = append(b, '0')
+	} else {
+		b = strconv.AppendInt(b, int64(digit(0)), 10)
+		for k := 1; k <= int(n.weight); k++ {
+			b = four(b, digit(k))
+		}
+	}
+	if n.dscale > 0 {
+		b = append(b, '.')
+		start := len(b)
+		for k := int(n.weight) + 1; len(b)-start < int(n.dscale); k++ {
+			b = four(b, digit(k))
+		}
+		b = b[:start+int(n.dscale)]
+	}
+	return b
 }

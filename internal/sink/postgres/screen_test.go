@@ -25,7 +25,14 @@ func TestAppendNumericMatchesPgx(t *testing.T) {
 		if p != "" {
 			t.Fatalf("toNumeric(%q): %s", in, p)
 		}
-		n := v.(*pgtype.Numeric)
+		n, ok := v.(*pgtype.Numeric)
+		if !ok {
+			pn, err := v.(numericValue).NumericValue() // the big.Int form of the same number
+			if err != nil {
+				t.Fatal(err)
+			}
+			n = &pn
+		}
 		got := string(appendNumeric([]byte("x"), n))[1:]
 		want, err := m.Encode(pgtype.NumericOID, pgtype.TextFormatCode, n, nil)
 		if err != nil {
@@ -93,5 +100,32 @@ func TestWithRefusedMapsRowsBack(t *testing.T) {
 	plain := &flow.RejectedError{Err: errors.New("x")}
 	if got := s.withRefused(plain, []int{1}, []string{"c"}); got != plain {
 		t.Errorf("withRefused of a rejection without rows = %v", got)
+	}
+}
+
+// The screen sends numericValue as text too; it must be the number pgx
+// would write, with its display scale.
+func TestNumericValueText(t *testing.T) {
+	for _, in := range []string{"0", "7", "-7", "123.25", "-0.05", "0.000001", "1e5", "-1.5e-7", "2.5E+3", "100", "1.10",
+		"12345678.9012", "9999.9999", "-10000", "0.0001", "1e-12", "1234567890123456.7890123"} {
+		v, p := toNumeric(in)
+		if p != "" {
+			t.Fatalf("toNumeric(%q): %s", in, p)
+		}
+		nv, ok := v.(numericValue)
+		if !ok {
+			t.Fatalf("toNumeric(%q) makes %T, not numericValue", in, v)
+		}
+		got := string(nv.appendText(nil))
+		pn, err := nv.NumericValue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := string(appendNumeric(nil, &pn))
+		g, _ := new(big.Rat).SetString(got)
+		r, _ := new(big.Rat).SetString(in)
+		if got != want || g == nil || g.Cmp(r) != 0 {
+			t.Errorf("%s: appendText %q, want %q", in, got, want)
+		}
 	}
 }
