@@ -36,7 +36,7 @@ func runCmd() *cobra.Command {
 				memLimit = limit.String()
 			}
 			ctx := cmd.Context()
-			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
+			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, WrapMapper: testMapperHook})
 			if err != nil {
 				log.Error("sluice cannot start", zap.Error(err))
 				return &exitError{code: 1, err: err}

@@ -155,7 +155,8 @@ type partition struct {
 	// tracker's position until a record of this assignment is done.
 	base      int64
 	baseKnown bool
-	committed bool // base is a committed offset (not a start position)
+	committed bool  // base is a committed offset (not a start position)
+	stall     stall // since when the position stands behind hwm (lag.go)
 	revoking  bool
 	// seek (exactly-once) says the partition's stored position must be read
 	// and sought before its records are admitted: they are dropped until
@@ -432,11 +433,26 @@ func (c *Consumer) pollLoop(ctx context.Context) {
 		now := time.Now()
 		c.mu.Lock()
 		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			if ps := c.parts[record.Partition{Topic: fp.Topic, Partition: fp.Partition}]; ps != nil && fp.HighWatermark >= 0 {
+			ps := c.parts[record.Partition{Topic: fp.Topic, Partition: fp.Partition}]
+			if ps == nil {
+				return
+			}
+			if fp.HighWatermark >= 0 {
 				ps.hwm, ps.hwmAt = fp.HighWatermark, now
 			}
+			if n := len(fp.Records); n > 0 {
+				// A commit marker may follow a transactional record (lag.go).
+				ps.stall.plainTail = !fp.Records[n-1].Attrs.IsTransactional()
+			}
 		})
-		fetches.EachRecord(func(kr *kgo.Record) { c.pending = append(c.pending, convert(kr)) })
+		// One allocation for the poll's records rather than one each.
+		slab := make([]record.Record, fetches.NumRecords())
+		fetches.EachRecord(func(kr *kgo.Record) {
+			r := &slab[0]
+			slab = slab[1:]
+			convert(r, kr)
+			c.pending = append(c.pending, r)
+		})
 		c.mu.Unlock()
 		if c.opts.Offsets != nil {
 			// No rebalance runs until AllowRebalance: the one moment
@@ -594,7 +610,10 @@ func (c *Consumer) admitPending() {
 	if len(c.pending) == 0 {
 		return
 	}
-	now := time.Now().UnixNano()
+	// One clock reading for the records admitted together: the flow gate's
+	// admission time (Record.Admitted) and the lag's fallback timestamp.
+	at := time.Now()
+	now := at.UnixNano()
 	i := 0
 	for ; i < len(c.pending); i++ {
 		r := c.pending[i]
@@ -609,6 +628,7 @@ func (c *Consumer) admitPending() {
 			break
 		}
 		r.Ticket = record.Ticket{Generation: ps.gen, Seq: ps.t.add(r.Offset, r.LeaderEpoch, lagTimestamp(r.Timestamp, now))}
+		r.Admitted = at
 		c.pipe.Admit(r)
 	}
 	n := copy(c.pending, c.pending[i:])
@@ -616,8 +636,9 @@ func (c *Consumer) admitPending() {
 	c.pending = c.pending[:n]
 }
 
-func convert(kr *kgo.Record) *record.Record {
-	r := &record.Record{Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, LeaderEpoch: kr.LeaderEpoch,
+// convert fills r, a zero Record, from kr.
+func convert(r *record.Record, kr *kgo.Record) {
+	*r = record.Record{Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, LeaderEpoch: kr.LeaderEpoch,
 		Timestamp: kr.Timestamp, Key: kr.Key, Value: kr.Value}
 	if len(kr.Headers) > 0 {
 		r.Headers = make([]record.Header, len(kr.Headers))
@@ -625,7 +646,6 @@ func convert(kr *kgo.Record) *record.Record {
 			r.Headers[i] = record.Header{Key: h.Key, Value: h.Value}
 		}
 	}
-	return r
 }
 
 // Done marks records done; the commit position of their partitions moves over
@@ -1051,7 +1071,7 @@ type PartitionStats struct {
 	Committed     int64   `json:"committed_offset"`
 	HighWatermark int64   `json:"high_watermark"` // -1 until a fetch or a listing reported it
 	Lag           int64   `json:"lag"`            // high watermark minus position; -1 while unknown
-	LagSeconds    float64 `json:"lag_seconds"`    // age of the oldest record not yet done; 0 when none is outstanding
+	LagSeconds    float64 `json:"lag_seconds"`    // age of the oldest record not yet done, a lower bound (lag.go); 0 when caught up
 	InFlight      int     `json:"in_flight"`
 	Paused        bool    `json:"paused"`
 	PausedBy      string  `json:"paused_by,omitempty"`
@@ -1061,10 +1081,11 @@ type PartitionStats struct {
 func (c *Consumer) Stats() []PartitionStats {
 	now := time.Now().UnixNano()
 	c.mu.Lock()
+	seconds := c.lagSecondsLocked(now)
 	out := make([]PartitionStats, 0, len(c.parts))
 	for p, ps := range c.parts {
 		s := PartitionStats{Topic: p.Topic, Partition: p.Partition, Committed: -1, HighWatermark: ps.hwm, Lag: -1,
-			LagSeconds: ps.lagSeconds(now), InFlight: ps.t.outstanding()}
+			LagSeconds: seconds[p], InFlight: ps.t.outstanding()}
 		if off, committed, ok := ps.position(); ok && committed {
 			s.Committed = off
 		}

@@ -30,11 +30,25 @@ import (
 // the log start offset with start_offset earliest (as kadm's lag does), the
 // end offset with latest.
 //
-//	sluice_consumer_lag_seconds = now - timestamp of the oldest admitted record not yet done
+//	sluice_consumer_lag_seconds = now - min(timestamp of the record at the position, when sluice holds it,
+//	                                        when the position was first seen behind the high watermark)
 //
-// The timestamp is the record's Kafka timestamp, or its admission time when
-// that is later (a producer's clock ahead of ours) or missing; 0 when nothing
-// is outstanding. Series exist only for the partitions assigned at the scrape.
+// It is the age of the partition's oldest record not yet done (the one at the
+// position), as a lower bound. When sluice holds that record (admitted, or
+// polled and waiting for room in the gate) the age is exact: the record's
+// Kafka timestamp, or the time sluice took it when that timestamp is later (a
+// producer's clock ahead of ours) or missing. When the record is still in
+// Kafka, as for a partition paused by the gate or the breaker (the client
+// drops what it buffered for a paused partition, and no poll returns its
+// records), its timestamp is unknown; but it existed when the high watermark
+// was first seen beyond the position, and the position has not moved since:
+// the stall, which the lag loop observes every refresh interval and every
+// scrape observes too, bounds its age from below. The larger age is reported;
+// 0 when the partition is caught up or its position is unknown. A
+// transaction's commit marker takes an offset and is no record (a fully read
+// transactional partition lags 1 for ever), so a lag of 1 counts as a stall
+// only when the partition's last polled record was not transactional. Series
+// exist only for the partitions assigned at the scrape.
 
 // lagTimestamp is the timestamp the tracker keeps for a record admitted at
 // now (Unix nanoseconds): its Kafka timestamp, bounded above by now.
@@ -69,14 +83,75 @@ func (ps *partition) lag() (int64, bool) {
 	return max(0, ps.hwm-off), true
 }
 
-// lagSeconds returns the age at now (Unix nanoseconds) of the oldest record
-// not yet done, 0 when none is outstanding. Called with c.mu held.
-func (ps *partition) lagSeconds(now int64) float64 {
+// stall is how long a partition's position has stood behind its high
+// watermark: the lower bound of consumer_lag_seconds for a record sluice does
+// not hold. Guarded by c.mu, like the partition.
+type stall struct {
+	pos   int64 // the position the stall was observed at
+	since int64 // Unix nanoseconds of the first observation behind at pos; 0: not behind
+	// plainTail says the partition's last polled record was not
+	// transactional, so no commit marker follows it: the offset after it,
+	// when the high watermark is beyond, is a record.
+	plainTail bool
+}
+
+// observeStall notes at now (Unix nanoseconds) whether the position stands
+// behind the high watermark, and since when at this position. The time is
+// that of the observation, never earlier: the record at the position existed
+// then (the high watermark was read before), so the stall's age never exceeds
+// the record's. Called with c.mu held.
+func (ps *partition) observeStall(now int64) {
+	off, _, ok := ps.position()
+	behind := int64(2) // a commit marker alone lags 1
+	if ps.stall.plainTail || ps.t.outstanding() > 0 {
+		behind = 1
+	}
+	if !ok || ps.hwm < 0 || ps.hwm-off < behind {
+		ps.stall.since = 0
+		return
+	}
+	if ps.stall.since == 0 || ps.stall.pos != off {
+		ps.stall.pos, ps.stall.since = off, now
+	}
+}
+
+// lagSeconds returns consumer_lag_seconds at now (Unix nanoseconds): the age
+// of the record at the position if sluice holds it (the tracker's oldest, or
+// else polled, the timestamp of the partition's first pending record when
+// pending is true), or of the stall if that is older; 0 when neither is
+// known. It observes the stall first. Called with c.mu held.
+func (ps *partition) lagSeconds(now, pendingTS int64, pending bool) float64 {
+	ps.observeStall(now)
 	ts, ok := ps.t.oldest()
+	if !ok && pending {
+		ts, ok = pendingTS, true
+	}
+	if s := ps.stall.since; s != 0 && (!ok || s < ts) {
+		ts, ok = s, true
+	}
 	if !ok {
 		return 0
 	}
 	return max(0, time.Duration(now-ts).Seconds())
+}
+
+// lagSecondsLocked returns consumer_lag_seconds of every assigned partition
+// at now (Unix nanoseconds). Called with c.mu held.
+func (c *Consumer) lagSecondsLocked(now int64) map[record.Partition]float64 {
+	// The first pending record of a partition is its oldest polled and not
+	// admitted: pending is in poll order.
+	first := map[record.Partition]int64{}
+	for _, r := range c.pending {
+		if _, ok := first[r.Part()]; !ok {
+			first[r.Part()] = lagTimestamp(r.Timestamp, now)
+		}
+	}
+	out := make(map[record.Partition]float64, len(c.parts))
+	for p, ps := range c.parts {
+		ts, ok := first[p]
+		out[p] = ps.lagSeconds(now, ts, ok)
+	}
+	return out
 }
 
 // lagCollector exports the consumer's lag per assigned partition. It owns no
@@ -96,7 +171,9 @@ func newLagCollector(c *Consumer) *lagCollector {
 			"High watermark minus the group's committed position (the done prefix, committed within commit.interval), per assigned partition.",
 			labels, nil),
 		seconds: prometheus.NewDesc("sluice_consumer_lag_seconds",
-			"Age of the oldest admitted record not yet done (by its Kafka timestamp), per assigned partition; 0 when none is outstanding.",
+			"Age of the oldest record not yet done (written or dead-lettered), per assigned partition, as a lower bound: "+
+				"by its Kafka timestamp when sluice holds the record; for a record still in Kafka (a paused partition's), "+
+				"how long the position has stood behind the high watermark; 0 when caught up.",
 			labels, nil),
 	}
 }
@@ -115,12 +192,13 @@ func (l *lagCollector) Collect(ch chan<- prometheus.Metric) {
 		lagOK   bool
 		seconds float64
 	}
-	now := time.Now().UnixNano()
 	l.c.mu.Lock()
+	// Read under the lock: no high watermark is newer than now.
+	seconds := l.c.lagSecondsLocked(time.Now().UnixNano())
 	samples := make([]sample, 0, len(l.c.parts))
 	for p, ps := range l.c.parts {
 		lag, ok := ps.lag()
-		samples = append(samples, sample{p: p, lag: lag, lagOK: ok, seconds: ps.lagSeconds(now)})
+		samples = append(samples, sample{p: p, lag: lag, lagOK: ok, seconds: seconds[p]})
 	}
 	l.c.mu.Unlock()
 	// The channel may block on the registry: send outside the lock.
@@ -174,15 +252,17 @@ type assignedAt struct {
 	gen uint64
 }
 
-// refreshLag fetches the group's committed offsets of partitions whose
-// position is unknown and lists the end offsets of partitions whose high
-// watermark is older than stale. Results for a partition that was revoked or
-// re-assigned meanwhile are dropped.
+// refreshLag observes every partition's stall, fetches the group's committed
+// offsets of partitions whose position is unknown and lists the end offsets
+// of partitions whose high watermark is older than stale. Results for a
+// partition that was revoked or re-assigned meanwhile are dropped.
 func (c *Consumer) refreshLag(ctx context.Context, stale time.Duration) error {
 	now := time.Now()
 	var needBase, needEnd []assignedAt
 	c.mu.Lock()
+	observed := time.Now().UnixNano() // under the lock: no high watermark is newer
 	for p, ps := range c.parts {
+		ps.observeStall(observed)
 		if !ps.t.known && !ps.baseKnown {
 			needBase = append(needBase, assignedAt{p, ps.gen})
 		}
@@ -250,10 +330,14 @@ func (c *Consumer) refreshLag(ctx context.Context, stale time.Duration) error {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// After the listing: a record behind a new high watermark may be
+	// younger than now.
+	observed = time.Now().UnixNano()
 	apply := func(as []assignedAt, fn func(*partition, record.Partition)) {
 		for _, a := range as {
 			if ps := c.parts[a.p]; ps != nil && ps.gen == a.gen {
 				fn(ps, a.p)
+				ps.observeStall(observed)
 			}
 		}
 	}

@@ -193,8 +193,9 @@ func TestLagCountsFromTheGroupsCommitUntilRecordsAreDone(t *testing.T) {
 		if s.Committed != wantCommitted || s.Lag != want[s.Partition] {
 			t.Errorf("/status partition %d: committed %d lag %d, want %d and %d", s.Partition, s.Committed, s.Lag, wantCommitted, want[s.Partition])
 		}
-		if (s.LagSeconds > 0) != (s.InFlight > 0) {
-			t.Errorf("/status partition %d: lag_seconds %v with %d in flight", s.Partition, s.LagSeconds, s.InFlight)
+		// Records held are aged; a partition caught up is not.
+		if (s.InFlight > 0 && s.LagSeconds <= 0) || (s.Lag == 0 && s.LagSeconds != 0) {
+			t.Errorf("/status partition %d: lag_seconds %v with lag %d and %d in flight", s.Partition, s.LagSeconds, s.Lag, s.InFlight)
 		}
 	}
 
@@ -239,6 +240,117 @@ func TestLagOfPausedPartitionsFollowsTheBroker(t *testing.T) {
 	})
 }
 
+func TestLagSecondsOfAPausedPartitionGrowsWithNothingInFlight(t *testing.T) {
+	brokers := cluster(t)
+	produceTo(t, brokers, 20, 0, 1, 2, 3, 4, 5)
+	sink := newHeldSink()
+	close(sink.release) // every write goes through
+	mb := newLagMember(t, brokers, "lag4", sink, 10000, nil)
+	mb.run(t)
+	waitFor(t, "everything written", func() bool {
+		records, seconds := lagSeries(t, mb.reg)
+		return equalLag(records, map[int32]int64{0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0}) && seconds[0] == 0
+	})
+
+	// The breaker opens: every partition is paused, nothing is in flight,
+	// and what the producers write next stays in Kafka. Partition 5 gets one
+	// record: after plain (not transactional) records, a lag of 1 is a record.
+	mb.c.PauseAll()
+	produceTo(t, brokers, 30, 0, 1, 2, 3, 4)
+	produceTo(t, brokers, 1, 5)
+	want := map[int32]int64{0: 30, 1: 30, 2: 30, 3: 30, 4: 30, 5: 1}
+	var first map[int32]float64
+	waitFor(t, "the lag of the paused partitions, and its age", func() bool {
+		records, seconds := lagSeries(t, mb.reg)
+		if !equalLag(records, want) {
+			return false
+		}
+		for _, s := range seconds {
+			if s <= 0 {
+				return false
+			}
+		}
+		first = seconds
+		return true
+	})
+	for _, s := range mb.c.Stats() {
+		if !s.Paused || s.InFlight != 0 || s.Lag != want[s.Partition] || s.LagSeconds < first[s.Partition] {
+			t.Errorf("/status partition %d: paused %v, %d in flight, lag %d, lag_seconds %v; want paused, 0, %d and at least %v",
+				s.Partition, s.Paused, s.InFlight, s.Lag, s.LagSeconds, want[s.Partition], first[s.Partition])
+		}
+	}
+	waitFor(t, "the age of the paused partitions' records to grow", func() bool {
+		_, seconds := lagSeries(t, mb.reg)
+		for p, s := range seconds {
+			if s < first[p]+0.3 {
+				return false
+			}
+		}
+		return len(seconds) == 6
+	})
+
+	mb.c.ResumeAll()
+	waitFor(t, "lag and lag seconds 0 once the records are written", func() bool {
+		records, seconds := lagSeries(t, mb.reg)
+		for _, s := range seconds {
+			if s != 0 {
+				return false
+			}
+		}
+		return equalLag(records, map[int32]int64{0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0})
+	})
+}
+
+// A transactional topic read to its end lags 1 per partition: the commit
+// marker takes the last offset and is no record. It must not age, paused or not.
+func TestLagSecondsIgnoresACommitMarker(t *testing.T) {
+	brokers := cluster(t)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("orders"),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.TransactionalID("lag-tx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	var recs []*kgo.Record
+	for p := range int32(6) {
+		for i := range 10 {
+			recs = append(recs, &kgo.Record{Partition: p, Value: fmt.Appendf(nil, `{"i":%d}`, i)})
+		}
+	}
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.EndTransaction(t.Context(), kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+
+	sink := newHeldSink()
+	close(sink.release)
+	mb := newLagMember(t, brokers, "lag5", sink, 10000, nil)
+	mb.run(t)
+	markers := map[int32]int64{0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+	waitFor(t, "every record written, the markers left", func() bool {
+		records, _ := lagSeries(t, mb.reg)
+		return equalLag(records, markers)
+	})
+	mb.c.PauseAll()
+	// Several lag refreshes (100ms) and scrapes, paused and not.
+	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		records, seconds := lagSeries(t, mb.reg)
+		if !equalLag(records, markers) {
+			t.Fatalf("lag %v, want the markers' %v", records, markers)
+		}
+		for p, s := range seconds {
+			if s != 0 {
+				t.Fatalf("partition %d: lag seconds %v for a commit marker, want 0", p, s)
+			}
+		}
+	}
+}
+
 func TestLagLatestStartCountsFromTheEnd(t *testing.T) {
 	brokers := cluster(t)
 	produceTo(t, brokers, 30, 0, 1, 2, 3, 4, 5)
@@ -250,6 +362,93 @@ func TestLagLatestStartCountsFromTheEnd(t *testing.T) {
 		records, _ := lagSeries(t, mb.reg)
 		return equalLag(records, map[int32]int64{0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0})
 	})
+}
+
+func TestLagSecondsBoundsTheAgeOfRecordsSluiceDoesNotHold(t *testing.T) {
+	p := record.Partition{Topic: "orders", Partition: 0}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	pendingAt := func(off int64, ts time.Time) func(*Consumer, *partition) {
+		return func(c *Consumer, _ *partition) {
+			c.pending = append(c.pending,
+				&record.Record{Topic: "orders", Partition: 1, Offset: 7, Timestamp: t0.Add(-time.Hour)}, // another partition's
+				&record.Record{Topic: "orders", Partition: 0, Offset: off, Timestamp: ts})
+		}
+	}
+	type step struct {
+		at     time.Duration // after t0
+		change func(c *Consumer, ps *partition)
+		want   float64
+	}
+	cases := []struct {
+		name  string
+		start func(ps *partition) // the partition at t0, before the first reading
+		steps []step
+	}{
+		{"paused, its records in Kafka: the age grows from the first reading behind",
+			func(ps *partition) { ps.base, ps.baseKnown, ps.committed, ps.hwm = 100, true, true, 150 },
+			[]step{{0, nil, 0}, {30 * time.Second, nil, 30}, {90 * time.Second, nil, 90}}},
+		{"caught up",
+			func(ps *partition) { ps.base, ps.baseKnown, ps.committed, ps.hwm = 100, true, true, 100 },
+			[]step{{0, nil, 0}, {time.Minute, nil, 0}}},
+		{"the position unknown",
+			func(ps *partition) { ps.hwm = 150 },
+			[]step{{0, nil, 0}, {time.Minute, nil, 0}}},
+		{"the position moves: the stall starts again",
+			func(ps *partition) { ps.base, ps.baseKnown, ps.committed, ps.hwm = 100, true, true, 150 },
+			[]step{
+				{0, nil, 0},
+				{30 * time.Second, nil, 30},
+				{40 * time.Second, func(_ *Consumer, ps *partition) { ps.t.seek(120) }, 0},
+				{50 * time.Second, nil, 10},
+				{60 * time.Second, func(_ *Consumer, ps *partition) { ps.t.seek(150) }, 0},
+				{90 * time.Second, nil, 0},
+			}},
+		{"a commit marker alone is no record",
+			func(ps *partition) { ps.t.seek(100); ps.hwm = 101 },
+			[]step{
+				{0, nil, 0},
+				{time.Minute, nil, 0},
+				{70 * time.Second, func(_ *Consumer, ps *partition) { ps.hwm = 103 }, 0}, // a new transaction's records
+				{80 * time.Second, nil, 10},
+			}},
+		{"one record after a plain one",
+			func(ps *partition) { ps.t.seek(100); ps.hwm, ps.stall.plainTail = 101, true },
+			[]step{{0, nil, 0}, {time.Minute, nil, 60}}},
+		{"an admitted record: its own age",
+			func(ps *partition) {
+				ps.t.add(100, 0, t0.Add(-5*time.Minute).UnixNano())
+				ps.hwm = 150
+			},
+			[]step{{0, nil, 300}, {10 * time.Second, nil, 310}}},
+		{"a polled record waiting for the gate: its own age",
+			func(ps *partition) { ps.base, ps.baseKnown, ps.committed, ps.hwm = 100, true, true, 150 },
+			[]step{
+				{0, pendingAt(100, t0.Add(-2*time.Minute)), 120},
+				{30 * time.Second, nil, 150},
+			}},
+		{"a stall older than the record polled since",
+			func(ps *partition) { ps.base, ps.baseKnown, ps.committed, ps.hwm = 100, true, true, 150 },
+			[]step{
+				{0, nil, 0},
+				{60 * time.Second, pendingAt(100, t0.Add(50*time.Second)), 60},
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ps := &partition{gen: 1, hwm: -1, resume: -1}
+			tc.start(ps)
+			c := &Consumer{parts: map[record.Partition]*partition{p: ps}}
+			for _, s := range tc.steps {
+				if s.change != nil {
+					s.change(c, ps)
+				}
+				got := c.lagSecondsLocked(t0.Add(s.at).UnixNano())
+				if len(got) != 1 || got[p] != s.want {
+					t.Errorf("at t0+%v: lag seconds %v, want %v", s.at, got, s.want)
+				}
+			}
+		})
+	}
 }
 
 func TestTrackerOldestIsTheHeadAndAddDoesNotAllocate(t *testing.T) {

@@ -51,6 +51,9 @@ type Options struct {
 	// WrapSink wraps the configured sink (the demo slows and fails it). The
 	// circuit breaker wraps the result, so the wrapper's failures open it.
 	WrapSink func(flow.Sink) flow.Sink
+	// WrapMapper wraps the sink's record mapping (a test binary's hook makes
+	// chosen records slow).
+	WrapMapper func(flow.Mapper) flow.Mapper
 	// DeadLetterer replaces the configured dead-letterer.
 	DeadLetterer flow.DeadLetterer
 	// KafkaOpts are appended to the consumer's client options.
@@ -148,10 +151,15 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		ResumeAt:   cfg.Flow.ResumeAt,
 	}, pz, d.metrics)
 	committer := &committerRef{}
+	var mapper flow.Mapper = s
+	if o.WrapMapper != nil {
+		mapper = o.WrapMapper(mapper)
+	}
 	d.pipe = flow.New(flow.Config{
-		Workers:       cfg.Flow.Workers,
-		RecordTimeout: cfg.Flow.RecordTimeout,
-		Lanes:         cfg.Sink.Concurrency,
+		Workers:        cfg.Flow.Workers,
+		RecordTimeout:  cfg.Flow.RecordTimeout,
+		MaxRecordBytes: int(cfg.Flow.MaxRecordBytes),
+		Lanes:          cfg.Sink.Concurrency,
 		Batch: flow.BatchConfig{
 			MaxRecords: cfg.Sink.Batch.MaxRecords,
 			MaxBytes:   int(cfg.Sink.Batch.MaxBytes),
@@ -162,7 +170,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 		RecordsPerSecond: cfg.Flow.RateLimit.RecordsPerSecond,
 		Burst:            cfg.Flow.RateLimit.Burst,
 		ExactlyOnce:      d.offsets != nil,
-	}, d.gate, s, d.breaker, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
+	}, d.gate, mapper, d.breaker, dl, committer, d.metrics, flow.WithLogger(d.log.Named("flow")))
 
 	c, err := consumer.New(consumer.Options{
 		Kafka:           cfg.Kafka,
@@ -180,6 +188,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Daemon, error) {
 	}
 	d.consumer, pz.c, committer.c = c, c, c
 	d.server = obs.NewServer(cfg.Observability.Listen, d.reg, func() any { return d.Stats() }, d.Ready, d.log.Named("http"))
+	if cfg.Observability.Pprof {
+		d.server.ServePprof()
+	}
 	if o.Started != nil {
 		o.Started(d)
 	}

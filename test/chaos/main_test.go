@@ -33,7 +33,7 @@
 //	SLUICE_TEST_KAFKA_BROKERS, SLUICE_TEST_PG_DSN  the shared servers (test/env/.state/env.sh)
 //	SLUICE_CHAOS_REPORT                            write the figures as markdown to this file
 //	SLUICE_CHAOS_SOAK=1                            run TestSoak (make soak)
-//	SLUICE_CHAOS_SLUICE                            a built sluice binary to use instead of building ./cmd/sluice
+//	SLUICE_CHAOS_SLUICE                            a built sluice binary to use instead of building ./cmd/sluice (-tags chaoshook, for TestSlowRecord)
 package chaos
 
 import (
@@ -123,10 +123,12 @@ func buildSluice(dir string) (bin, build string, err error) {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
 	bin = filepath.Join(dir, "sluice")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/sluice")
+	// The chaoshook tag adds one test hook: records with the
+	// sluice-chaos-hang header map slowly (TestSlowRecord).
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "chaoshook", "-o", bin, "./cmd/sluice")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("go build ./cmd/sluice: %w\n%s", err, out)
+		return "", "", fmt.Errorf("go build -tags chaoshook ./cmd/sluice: %w\n%s", err, out)
 	}
 	git := func(args ...string) string {
 		c := exec.CommandContext(ctx, "git", args...)
