@@ -225,10 +225,9 @@ type scanResult struct {
 // and, with u, every key of the objects u asks for. An invalid or too deep
 // value is reported as such even when it also has a duplicate key.
 //
-// The scan has two forms of its two steps: scanObject and skipValue check
-// no key but the paths', and hand a member that must be checked to
-// scanObjectChecked and skipValueChecked. Checking costs a branch per key
-// where nothing is checked otherwise, and the plain forms are the hot path.
+// The object scan has two forms: scanObject checks no key but the paths',
+// and hands a member that must be checked whole to scanObjectChecked.
+// skipValue checks every key of the value with u, and none with u nil.
 func scanValue(v []byte, tree *pathTree, found []member, u *uniq) scanResult {
 	i := skipSpace(v, 0)
 	if i == len(v) {
@@ -245,9 +244,9 @@ func scanValue(v []byte, tree *pathTree, found []member, u *uniq) scanResult {
 	}
 	switch {
 	case v[i] != '{' && u != nil && (u.all || u.nonObject):
-		end, st = skipValueChecked(v, i, 0, u)
+		end, st = skipValue(v, i, 0, u)
 	case v[i] != '{':
-		end, st = skipValue(v, i, 0)
+		end, st = skipValue(v, i, 0, nil)
 	case u != nil && u.all:
 		res.object = true
 		end, st = scanObjectChecked(v, i+1, tree, found, 1, &res, u)
@@ -324,10 +323,8 @@ func scanObject(v []byte, i int, tree *pathTree, found []member, depth int, res 
 			} else {
 				i, st = scanObject(v, start+1, node.below, found, depth+1, res, u)
 			}
-		} else if sub != nil {
-			i, st = skipValueChecked(v, start, depth, sub)
 		} else {
-			i, st = skipValue(v, start, depth)
+			i, st = skipValue(v, start, depth, sub) // sub nil: no key checked
 		}
 		if st != scanOK {
 			return i, st
@@ -390,7 +387,7 @@ func scanObjectChecked(v []byte, i int, tree *pathTree, found []member, depth in
 			}
 			i, st = scanObjectChecked(v, start+1, node.below, found, depth+1, res, u)
 		} else {
-			i, st = skipValueChecked(v, start, depth, u)
+			i, st = skipValue(v, start, depth, u)
 		}
 		if st != scanOK {
 			return i, st
@@ -429,7 +426,8 @@ func skipSpace(v []byte, i int) int {
 // arrays and objects, and returns where it ends. Nesting is tracked on a
 // stack of its own rather than by recursion, so a deeply nested value costs
 // neither goroutine stack nor heap: the stack has room for maxDepth levels.
-func skipValue(v []byte, i, depth int) (end int, st scanStatus) {
+// With u it also has u check every key of every object in the value.
+func skipValue(v []byte, i, depth int, u *uniq) (end int, st scanStatus) {
 	var buf [maxDepth]byte
 	closers := buf[:0] // of the open arrays and objects, innermost last
 	var ok bool
@@ -452,7 +450,13 @@ func skipValue(v []byte, i, depth int) (end int, st scanStatus) {
 			}
 			closers = append(closers, closer)
 			if closer == '}' {
-				if i, ok = skipKey(v, i); !ok {
+				if u != nil {
+					u.open(depth + len(closers))
+					i, ok = u.skipKey(i, depth+len(closers))
+				} else {
+					i, ok = skipKey(v, i)
+				}
+				if !ok {
 					return i, scanInvalid
 				}
 			}
@@ -488,86 +492,7 @@ func skipValue(v []byte, i, depth int) (end int, st scanStatus) {
 			}
 			closer := closers[len(closers)-1]
 			if v[i] == closer {
-				closers = closers[:len(closers)-1]
-				i++
-				continue
-			}
-			if v[i] != ',' {
-				return i, scanInvalid
-			}
-			i = skipSpace(v, i+1)
-			if closer == '}' {
-				if i, ok = skipKey(v, i); !ok {
-					return i, scanInvalid
-				}
-			}
-			break
-		}
-	}
-}
-
-// skipValueChecked is skipValue that also has u check every key of every
-// object in the value.
-func skipValueChecked(v []byte, i, depth int, u *uniq) (end int, st scanStatus) {
-	var buf [maxDepth]byte
-	closers := buf[:0] // of the open arrays and objects, innermost last
-	var ok bool
-	for {
-		if i == len(v) {
-			return i, scanInvalid
-		}
-		switch c := v[i]; c {
-		case '{', '[':
-			if depth+len(closers) == maxDepth {
-				return i, scanTooDeep
-			}
-			closer := byte('}')
-			if c == '[' {
-				closer = ']'
-			}
-			if i = skipSpace(v, i+1); i < len(v) && v[i] == closer {
-				i++
-				break
-			}
-			closers = append(closers, closer)
-			if closer == '}' {
-				u.open(depth + len(closers))
-				if i, ok = u.skipKey(i, depth+len(closers)); !ok {
-					return i, scanInvalid
-				}
-			}
-			continue
-		case '"':
-			if i, _, ok = skipString(v, i+1); !ok {
-				return i, scanInvalid
-			}
-		case 't':
-			if i, ok = skipLiteral(v, i, "true"); !ok {
-				return i, scanInvalid
-			}
-		case 'f':
-			if i, ok = skipLiteral(v, i, "false"); !ok {
-				return i, scanInvalid
-			}
-		case 'n':
-			if i, ok = skipLiteral(v, i, "null"); !ok {
-				return i, scanInvalid
-			}
-		default:
-			if i, ok = skipNumber(v, i); !ok {
-				return i, scanInvalid
-			}
-		}
-		for {
-			if len(closers) == 0 {
-				return i, scanOK
-			}
-			if i = skipSpace(v, i); i == len(v) {
-				return i, scanInvalid
-			}
-			closer := closers[len(closers)-1]
-			if v[i] == closer {
-				if closer == '}' {
+				if closer == '}' && u != nil {
 					u.close(depth + len(closers))
 				}
 				closers = closers[:len(closers)-1]
@@ -579,7 +504,12 @@ func skipValueChecked(v []byte, i, depth int, u *uniq) (end int, st scanStatus) 
 			}
 			i = skipSpace(v, i+1)
 			if closer == '}' {
-				if i, ok = u.skipKey(i, depth+len(closers)); !ok {
+				if u != nil {
+					i, ok = u.skipKey(i, depth+len(closers))
+				} else {
+					i, ok = skipKey(v, i)
+				}
+				if !ok {
 					return i, scanInvalid
 				}
 			}
