@@ -25,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/time/rate"
 
+	"github.com/sluicehq/sluice/internal/consumer"
 	"github.com/sluicehq/sluice/internal/flow"
 )
 
@@ -340,7 +341,11 @@ func (r *replayer) plan(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list start offsets of %s: %w", topic, err)
 	}
-	committed, err := r.adm.FetchOffsets(ctx, r.cfg.Group)
+	var committed kadm.OffsetResponses
+	err = consumer.AwaitCoordinator(ctx, func() (err error) {
+		committed, err = r.adm.FetchOffsets(ctx, r.cfg.Group)
+		return err
+	})
 	if errors.Is(err, kerr.GroupIDNotFound) {
 		committed, err = kadm.OffsetResponses{}, nil
 	}
@@ -469,7 +474,8 @@ func (r *replayer) round(ctx context.Context, fs kgo.Fetches) error {
 	if len(commits) > 0 {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
-		if err := r.adm.CommitAllOffsets(cctx, r.cfg.Group, commits); err != nil {
+		err := consumer.AwaitCoordinator(cctx, func() error { return r.adm.CommitAllOffsets(cctx, r.cfg.Group, commits) })
+		if err != nil {
 			return fmt.Errorf("commit the offsets of group %s (what was replayed since the last commit will be replayed again): %w", r.cfg.Group, err)
 		}
 	}

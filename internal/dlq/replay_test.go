@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -603,5 +604,42 @@ func TestReplayGivesUpWhenRecordsStopComing(t *testing.T) {
 	}
 	if rep.Scanned != 0 || len(e.committed(t)) != 0 {
 		t.Errorf("report %+v, committed %v; want nothing done", rep, e.committed(t))
+	}
+}
+
+// A group coordinator that is briefly unavailable (loading, moving after a
+// broker restart, or slow to write its log) is waited for: the replay's
+// start-up look-up and its commit retry until it answers instead of failing
+// the run. franz-go does not retry a FindCoordinator answering
+// COORDINATOR_NOT_AVAILABLE, which is what a real broker said in CI.
+func TestReplayWaitsForABusyCoordinator(t *testing.T) {
+	e := newReplayEnv(t, 1)
+	e.deadLetter(t, failed{i: 0}, failed{i: 1})
+	// The first four look-ups of the coordinator fail (the plan's offset
+	// fetch), then two more after the commit is told to look again.
+	var finds, faulted atomic.Int32
+	e.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.FindCoordinator}, Group: group, Err: kerr.CoordinatorNotAvailable, Count: -1,
+		When: func(kmsg.Request) bool {
+			n := finds.Add(1)
+			hit := n <= 4 || n >= 6 && n <= 7
+			if hit {
+				faulted.Add(1)
+			}
+			return hit
+		}})
+	e.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.OffsetCommit}, Err: kerr.NotCoordinator})
+
+	rep, _, err := e.replay(t, t.Context(), e.cfg())
+	if err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	if rep.ReplayedTotal() != 2 || len(e.records(t, "orders")) != 2 {
+		t.Errorf("report %+v, want both records replayed", rep)
+	}
+	if got := e.committed(t); got[0] != 2 {
+		t.Errorf("committed %v, want partition 0 at 2", got)
+	}
+	if faulted.Load() != 6 {
+		t.Errorf("%d look-ups of the coordinator failed, want 6 (the fault did not act as planned)", faulted.Load())
 	}
 }

@@ -52,17 +52,7 @@ func TestEnvironment(t *testing.T) {
 
 	// The broker's view of the group: committed offsets at the end of every
 	// partition.
-	lags, err := testenv.Admin(t, brokers).Lag(ctx, group)
-	if err != nil {
-		t.Fatalf("lag of group %s: %v", group, err)
-	}
-	lag, ok := lags[group]
-	if !ok {
-		t.Fatalf("lag of group %s: group missing from the answer %v", group, lags)
-	}
-	if err := lag.Error(); err != nil {
-		t.Fatalf("lag of group %s: %v", group, err)
-	}
+	lag := testenv.GroupLag(t, testenv.Admin(t, brokers), group)
 	if got := lag.Lag.Total(); got != 0 {
 		t.Errorf("group lag = %d, want 0", got)
 	}
@@ -86,7 +76,7 @@ func TestEnvironment(t *testing.T) {
 
 	// The database's view: every record once.
 	var rows, keys, parts int64
-	err = testenv.Postgres(t, dsn).QueryRow(ctx,
+	err := testenv.Postgres(t, dsn).QueryRow(ctx,
 		`SELECT count(*), count(DISTINCT record_key), count(DISTINCT kafka_partition) FROM public.`+table,
 	).Scan(&rows, &keys, &parts)
 	if err != nil {

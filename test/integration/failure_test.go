@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/consumer"
 	"github.com/sluicehq/sluice/internal/daemon"
 	"github.com/sluicehq/sluice/internal/dlq"
 	"github.com/sluicehq/sluice/internal/flow"
@@ -122,10 +123,14 @@ func committedOffsets(t *testing.T, adm *kadm.Client, group, topic string) map[i
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	resp, err := adm.FetchOffsets(ctx, group)
-	if err == nil {
-		err = resp.Error()
-	}
+	var resp kadm.OffsetResponses
+	err := consumer.AwaitCoordinator(ctx, func() (err error) {
+		resp, err = adm.FetchOffsets(ctx, group)
+		if err == nil {
+			err = resp.Error()
+		}
+		return err
+	})
 	if err != nil {
 		t.Fatalf("committed offsets of %s: %v", group, err)
 	}

@@ -243,14 +243,7 @@ func TestMetricsScrapePassesPromtoolAndCoversDeploy(t *testing.T) {
 // and end offsets from the brokers), per partition.
 func groupLag(t *testing.T, adm *kadm.Client, group, topic string) (lag, committed map[int32]int64) {
 	t.Helper()
-	lags, err := adm.Lag(t.Context(), group)
-	if err != nil {
-		t.Fatalf("kadm lag: %v", err)
-	}
-	gl, ok := lags[group]
-	if !ok || gl.Error() != nil {
-		t.Fatalf("kadm lag of %s: %v", group, gl.Error())
-	}
+	gl := testenv.GroupLag(t, adm, group)
 	lag, committed = map[int32]int64{}, map[int32]int64{}
 	for p, ml := range gl.Lag[topic] {
 		if ml.Err != nil {

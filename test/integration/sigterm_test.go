@@ -16,6 +16,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/sluicehq/sluice/test/integration/testenv"
+
+	"github.com/sluicehq/sluice/internal/consumer"
 )
 
 // buildSluice builds the sluice binary once per test into a temp dir.
@@ -107,7 +109,11 @@ observability: {listen: "127.0.0.1:0", log_level: info, log_format: json}
 
 	// The commit covers what was written: a restart continues from there.
 	adm := testenv.Admin(t, brokers)
-	offs, err := adm.FetchOffsets(t.Context(), group)
+	var offs kadm.OffsetResponses
+	err := consumer.AwaitCoordinator(t.Context(), func() (err error) {
+		offs, err = adm.FetchOffsets(t.Context(), group)
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

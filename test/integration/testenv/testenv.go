@@ -23,6 +23,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/internal/consumer"
 )
 
 // Names of the variables that point the tests at the environment.
@@ -202,6 +205,29 @@ func allLed(td kadm.TopicDetail) bool {
 	return true
 }
 
+// GroupLag is kadm's view of group's lag (its committed offsets against the
+// end offsets), waiting out a coordinator that is briefly unavailable; it
+// fails the test on any other error.
+func GroupLag(t testing.TB, adm *kadm.Client, group string) kadm.DescribedGroupLag {
+	t.Helper()
+	var gl kadm.DescribedGroupLag
+	err := consumer.AwaitCoordinator(t.Context(), func() error {
+		lags, err := adm.Lag(t.Context(), group)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if gl, ok = lags[group]; !ok {
+			return fmt.Errorf("group missing from the answer %v", lags)
+		}
+		return gl.Error()
+	})
+	if err != nil {
+		t.Fatalf("lag of group %s: %v", group, err)
+	}
+	return gl
+}
+
 // NewGroup returns a unique consumer group name and deletes the group when
 // the test ends. Close the group's clients before the test returns (a defer
 // does), or the broker refuses to delete a group that still has members.
@@ -212,10 +238,13 @@ func NewGroup(t testing.TB, brokers []string) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 		defer cancel()
-		resp, err := adm.DeleteGroup(ctx, group)
-		if err == nil {
-			err = resp.Err
-		}
+		err := consumer.AwaitCoordinator(ctx, func() error {
+			resp, err := adm.DeleteGroup(ctx, group)
+			if err == nil {
+				err = resp.Err
+			}
+			return err
+		})
 		if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
 			t.Errorf("delete consumer group %s: %v", group, err)
 		}
