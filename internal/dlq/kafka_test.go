@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
 	"github.com/sluicehq/sluice/internal/flow"
@@ -18,7 +20,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var _ flow.DeadLetterer = (*Kafka)(nil)
+var (
+	_ flow.DeadLetterer      = (*Kafka)(nil)
+	_ flow.AsyncDeadLetterer = (*Kafka)(nil)
+)
 
 func TestKafkaDeadLetterKeepsTheRecordAndAddsHeaders(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "orders"))
@@ -89,6 +94,8 @@ func TestScrub(t *testing.T) {
 		{"dial postgres://u:pw@h:5432/db: refused", "dial postgres://[redacted]@h:5432/db: refused"},
 		{"host=h user=u password=s3cret dbname=x", "host=h user=u password=[redacted] dbname=x"},
 		{"plain message", "plain message"},
+		{"amount=-5 breaks check (amount >= 0)", "amount=-5 breaks check (amount >= 0)"},
+		{"see https://example.com/docs", "see https://example.com/docs"},
 	} {
 		if got := Scrub(tc.in); got != tc.out {
 			t.Errorf("Scrub(%q) = %q, want %q", tc.in, got, tc.out)
@@ -96,6 +103,47 @@ func TestScrub(t *testing.T) {
 	}
 	if got := Scrub(strings.Repeat("x", 5000)); len(got) > maxMessage+4 {
 		t.Errorf("Scrub kept %d bytes, bound %d", len(got), maxMessage)
+	}
+}
+
+// DeadLetterAsync produces what DeadLetter does and reports the broker's
+// answer to done, an error included.
+func TestKafkaDeadLetterAsync(t *testing.T) {
+	e := newReplayEnv(t, 1)
+	cause := &flow.PoisonError{Reason: flow.ReasonDecode, Err: errors.New("value is not JSON")}
+	rs := []*record.Record{
+		{Topic: "orders", Partition: 0, Offset: 3, Timestamp: time.UnixMilli(1_700_000_000_000), Key: []byte("k3"), Value: []byte("{")},
+		{Topic: "orders", Partition: 1, Offset: 9, Timestamp: time.UnixMilli(1_700_000_000_000), Key: []byte("k9"), Value: []byte("[")},
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, len(rs))
+	for _, r := range rs {
+		e.dl.DeadLetterAsync(ctx, r, cause, func(err error) { done <- err })
+	}
+	for range rs {
+		if err := <-done; err != nil {
+			t.Fatalf("DeadLetterAsync: %v", err)
+		}
+	}
+	recs := e.records(t, dlqTopic)
+	if len(recs) != 2 {
+		t.Fatalf("%d records in the DLQ, want 2", len(recs))
+	}
+	for _, got := range recs {
+		h := map[string]string{}
+		for _, x := range got.Headers {
+			h[x.Key] = string(x.Value)
+		}
+		if h[HeaderReason] != flow.ReasonDecode || (string(got.Key) == "k3") != (h[HeaderOffset] == "3") {
+			t.Errorf("dead letter %q headers %v: want reason decode and the record's own offset", got.Key, h)
+		}
+	}
+
+	e.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: dlqTopic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+	e.dl.DeadLetterAsync(ctx, rs[0], cause, func(err error) { done <- err })
+	if err := <-done; !errors.Is(err, kerr.TopicAuthorizationFailed) {
+		t.Errorf("DeadLetterAsync refused by the broker: done(%v), want TOPIC_AUTHORIZATION_FAILED", err)
 	}
 }
 

@@ -218,9 +218,28 @@ type deadLetter struct {
 type fakeDLQ struct {
 	failFirst int
 
-	mu     sync.Mutex
-	calls  int
-	stored []deadLetter
+	mu         sync.Mutex
+	calls      int
+	asyncCalls int
+	stored     []deadLetter
+}
+
+// asyncDLQ is fakeDLQ storing asynchronously (flow.AsyncDeadLetterer): the
+// store runs, and done is called, on a goroutine of its own.
+type asyncDLQ struct{ *fakeDLQ }
+
+func (d asyncDLQ) DeadLetterAsync(ctx context.Context, r *record.Record, cause *flow.PoisonError, done func(error)) {
+	d.mu.Lock()
+	d.asyncCalls++
+	d.mu.Unlock()
+	go func() { done(d.DeadLetter(ctx, r, cause)) }()
+}
+
+// asyncAttempts returns how many times DeadLetterAsync was called.
+func (d *fakeDLQ) asyncAttempts() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.asyncCalls
 }
 
 func (d *fakeDLQ) DeadLetter(ctx context.Context, r *record.Record, cause *flow.PoisonError) error {
@@ -345,6 +364,8 @@ type setup struct {
 	sink   *fakeSink
 	dlq    *fakeDLQ
 	commit *fakeCommitter
+	// asyncDLQ passes the DLQ as an asyncDLQ.
+	asyncDLQ bool
 }
 
 // run starts a pipeline's Run on its own goroutine. The test must end it,
@@ -371,7 +392,11 @@ func run(t *testing.T, s setup) *rig {
 	}
 	m := metrics.New(prometheus.NewRegistry())
 	g := flow.NewGate(s.gate, nil, m)
-	p := flow.New(s.cfg, g, s.mapper, s.sink, s.dlq, s.commit, m)
+	var dl flow.DeadLetterer = s.dlq
+	if s.asyncDLQ {
+		dl = asyncDLQ{s.dlq}
+	}
+	p := flow.New(s.cfg, g, s.mapper, s.sink, dl, s.commit, m)
 	ctx, cancel := context.WithCancel(t.Context())
 	r := &rig{p: p, gate: g, sink: s.sink, dlq: s.dlq, commit: s.commit, m: m, cancel: cancel, result: make(chan error, 1)}
 	go func() { r.result <- p.Run(ctx) }()

@@ -52,6 +52,15 @@ type DeadLetterer interface {
 	DeadLetter(ctx context.Context, r *record.Record, cause *PoisonError) error
 }
 
+// AsyncDeadLetterer is a DeadLetterer that can also start storing a record
+// and report the outcome later, so the pipeline keeps many dead letters in
+// flight from one goroutine rather than a goroutine each. done is called
+// once, possibly on another goroutine, and must not block. After an error the
+// pipeline stores the record with DeadLetter, retrying.
+type AsyncDeadLetterer interface {
+	DeadLetterAsync(ctx context.Context, r *record.Record, cause *PoisonError, done func(error))
+}
+
 // Committer learns that records are done (written or dead-lettered). Done may be
 // called from any goroutine and must not block.
 type Committer interface {

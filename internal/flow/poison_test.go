@@ -49,16 +49,21 @@ func TestPoisonRecordsGoToTheDLQAndThePartitionMovesOn(t *testing.T) {
 	}
 	wantReason := map[int64]string{3: flow.ReasonDecode, 6: flow.ReasonMapping, 8: flow.ReasonMapping}
 	wantErr := map[int64]error{3: errBadJSON, 6: errNoField, 8: errNoField}
-	for _, failFirst := range []int{0, 3} {
-		t.Run(fmt.Sprintf("dlq fails %d times", failFirst), func(t *testing.T) {
+	for _, tc := range []struct {
+		failFirst int
+		async     bool
+	}{{0, false}, {3, false}, {0, true}, {3, true}} {
+		failFirst := tc.failFirst
+		t.Run(fmt.Sprintf("dlq fails %d times, async %v", failFirst, tc.async), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				dlq := &fakeDLQ{failFirst: failFirst}
 				isPoison := func(r *record.Record) bool { _, ok := fail[r.Offset]; return ok && r.Partition == 0 }
 				r := run(t, setup{
-					cfg:    flow.Config{Workers: 4, Lanes: 2, Batch: flow.BatchConfig{MaxRecords: 5, MaxBytes: 1 << 20, Linger: 100 * time.Millisecond}},
-					mapper: poisonMapper(fail),
-					dlq:    dlq,
-					commit: doneOnlyAfterDLQ(t, dlq, isPoison),
+					cfg:      flow.Config{Workers: 4, Lanes: 2, Batch: flow.BatchConfig{MaxRecords: 5, MaxBytes: 1 << 20, Linger: 100 * time.Millisecond}},
+					mapper:   poisonMapper(fail),
+					dlq:      dlq,
+					commit:   doneOnlyAfterDLQ(t, dlq, isPoison),
+					asyncDLQ: tc.async,
 				})
 				rs := interleaved(2, 12, 10)
 				r.admit(t, rs...)
@@ -90,7 +95,10 @@ func TestPoisonRecordsGoToTheDLQAndThePartitionMovesOn(t *testing.T) {
 					}
 				}
 				if got, want := r.dlq.attempts(), len(fail)+failFirst; got != want {
-					t.Errorf("DeadLetter called %d times, want %d: a failed store is retried until it succeeds", got, want)
+					t.Errorf("the DLQ was asked %d times, want %d: a failed store is retried until it succeeds", got, want)
+				}
+				if got, want := r.dlq.asyncAttempts(), map[bool]int{false: 0, true: len(fail)}[tc.async]; got != want {
+					t.Errorf("DeadLetterAsync called %d times, want %d: an asynchronous DLQ is first asked so, once a record", got, want)
 				}
 				for _, x := range rs {
 					if n := r.commit.count(x); n != 1 {
