@@ -79,6 +79,9 @@ type screen struct {
 	// text: pgx's binary numeric costs ~400 ns a value, half a COPY's time.
 	numeric []bool
 	checks  []string // constraint names, by the index the query returns
+	// pre flags the rows worth sending to the query (prescreen.go); nil
+	// when a check is beyond it.
+	pre *prescreen
 }
 
 // newScreen returns the screen for the checks that read only columns the sink
@@ -86,8 +89,9 @@ type screen struct {
 // check qualifies.
 func newScreen(t *tableDef, columns []string, checks []checkDef) *screen {
 	var (
-		sc    screen
-		conds []string
+		sc       screen
+		conds    []string
+		screened []checkDef
 	)
 	for _, c := range checks {
 		usable := len(c.Columns) > 0
@@ -106,12 +110,14 @@ func newScreen(t *tableDef, columns []string, checks []checkDef) *screen {
 			}
 		}
 		sc.checks = append(sc.checks, c.Name)
+		screened = append(screened, c)
 		conds = append(conds, "("+c.Expr+") IS FALSE")
 	}
 	if len(sc.checks) == 0 {
 		return nil
 	}
 	slices.Sort(sc.fields)
+	sc.pre = newPrescreen(t, columns, screened)
 	// ARRAY[...] of the conditions: the query returns the first one that is
 	// true, 1-based, as array_position does.
 	params := []string{"$1::int4[]"}
@@ -147,22 +153,37 @@ type querier interface {
 }
 
 // find returns the indexes of b's rows that break a check and, for each, the
-// name of the first one it breaks. It writes nothing.
-func (sc *screen) find(ctx context.Context, q querier, b *record.Batch) (rows []int, names []string, err error) {
-	args := make([]any, 1+len(sc.fields))
-	ord := make([]int32, len(b.Rows))
-	for i := range ord {
-		ord[i] = int32(i)
+// name of the first one it breaks. It writes nothing. With pre, only the rows
+// the prescreen flags are sent, and none may mean no query at all.
+func (sc *screen) find(ctx context.Context, q querier, b *record.Batch, pre bool) (rows []int, names []string, err error) {
+	in := b.Rows
+	var ord []int32
+	if pre && sc.pre != nil {
+		suspects := sc.pre.suspects(b.Rows)
+		if len(suspects) == 0 {
+			return nil, nil, nil
+		}
+		in = make([]record.Row, len(suspects))
+		ord = make([]int32, len(suspects))
+		for k, i := range suspects {
+			in[k], ord[k] = b.Rows[i], int32(i)
+		}
+	} else {
+		ord = make([]int32, len(in))
+		for i := range ord {
+			ord[i] = int32(i)
+		}
 	}
+	args := make([]any, 1+len(sc.fields))
 	args[0] = ord
 	for n, f := range sc.fields {
 		if sc.numeric[n] {
-			if args[n+1], err = numericTexts(b.Rows, f); err != nil {
+			if args[n+1], err = numericTexts(in, f); err != nil {
 				return nil, nil, err
 			}
 			continue
 		}
-		args[n+1] = arrayOf(b.Rows, f)
+		args[n+1] = arrayOf(in, f)
 	}
 	return sc.collect(q.Query(ctx, sc.sql, args...))
 }
@@ -204,7 +225,7 @@ func (sc *screen) collect(res pgx.Rows, err error) (rows []int, names []string, 
 // error made (with the row it named, if any); it is returned unchanged when
 // the screen cannot say more.
 func (s *Sink) screenRejected(ctx context.Context, b *record.Batch, re *flow.RejectedError) *flow.RejectedError {
-	rows, names, err := s.screen.find(ctx, s.pool, b)
+	rows, names, err := s.screen.find(ctx, s.pool, b, false)
 	if err == nil && slices.ContainsFunc(rows, func(i int) bool { return i >= len(b.Rows) }) {
 		err = fmt.Errorf("the screen returned a row past the batch's %d", len(b.Rows))
 	}

@@ -58,6 +58,9 @@ func TestIntegrationCheckScreen(t *testing.T) {
 			if s.screen == nil || len(s.screen.checks) != 3 {
 				t.Fatalf("screen %+v, want the 3 checks on written columns (not note_short)", s.screen)
 			}
+			if s.screen.pre == nil {
+				t.Fatal("no prescreen: the three checks are comparisons with constants, ANDed and ORed")
+			}
 			b := batch(t, s, recs...)
 			checkRejected := func(re *flow.RejectedError) {
 				t.Helper()
@@ -141,5 +144,61 @@ func TestIntegrationCheckScreenFallsBack(t *testing.T) {
 	re := asRejected(t, s.Write(t.Context(), batch(t, s, recs...)))
 	if !slices.Equal(re.Rows, []int{4}) || re.Causes[0].Code != "23514" {
 		t.Fatalf("rows %v causes %v; want row 4 (the first COPY refused) alone", re.Rows, re.Causes)
+	}
+}
+
+// TestIntegrationPrescreenMissFallsBack: a prescreen that lets a bad row
+// through costs a failed COPY, never a wrong write: the write still names
+// every bad row, and from then on the screen sends every row.
+func TestIntegrationPrescreenMissFallsBack(t *testing.T) {
+	conn := admin(t)
+	table := newTable(t, conn, `CREATE TABLE %s (id bigint, amount numeric(12,2) CONSTRAINT amount_positive CHECK (amount >= 0))`)
+	s := newSink(t, config.Postgres{Table: table, Columns: map[string]string{"id": "value.id", "amount": "value.amount"}}, Options{})
+	if s.screen == nil || s.screen.pre == nil {
+		t.Fatalf("screen %+v: want one with a prescreen for amount >= 0", s.screen)
+	}
+	var recs []*record.Record
+	var want []int
+	for i := range 50 {
+		v := fmt.Sprintf(`{"id":%d,"amount":%d.5}`, i, i)
+		if i%7 == 3 {
+			v, want = fmt.Sprintf(`{"id":%d,"amount":-%d}`, i, i), append(want, i)
+		}
+		recs = append(recs, rec(int64(i), v))
+	}
+	b := batch(t, s, recs...)
+	rowsOf := func(re *flow.RejectedError) []int {
+		got := slices.Clone(re.Rows)
+		slices.Sort(got)
+		return got
+	}
+	if re := asRejected(t, s.Write(t.Context(), b)); !slices.Equal(rowsOf(re), want) || re.Written {
+		t.Fatalf("first write: rows %v written %v, want %v refused and nothing written", rowsOf(re), re.Written, want)
+	}
+
+	// The real prescreen flags exactly the bad rows here, and a batch with
+	// none of them sends no query at all (no querier: it would panic).
+	if got := s.screen.pre.suspects(b.Rows); !slices.Equal(got, want) {
+		t.Fatalf("prescreen suspects %v, want %v", got, want)
+	}
+	clean := batch(t, s, rec(100, `{"id":100,"amount":1}`), rec(101, `{"id":101,"amount":2}`))
+	if rows, _, err := s.screen.find(t.Context(), nil, clean, true); err != nil || rows != nil {
+		t.Fatalf("find over a clean batch: %v, %v; want nothing, without a query", rows, err)
+	}
+
+	s.screen.pre = &prescreen{op: "and"} // flags nothing: PostgreSQL refuses the COPY
+	re := asRejected(t, s.Write(t.Context(), b))
+	if !slices.Equal(rowsOf(re), want) || re.Written {
+		t.Fatalf("write past a prescreen that missed: rows %v written %v, want %v refused and nothing written", rowsOf(re), re.Written, want)
+	}
+	if !s.prescreenMissed.Load() {
+		t.Fatal("the sink still prescreens after a miss")
+	}
+	re = asRejected(t, s.Write(t.Context(), b))
+	if !slices.Equal(rowsOf(re), want) || !re.Written {
+		t.Fatalf("next write: rows %v written %v, want %v refused and the rest written", rowsOf(re), re.Written, want)
+	}
+	if n := count(t, conn, "SELECT count(*) FROM "+table); n != int64(50-len(want)) {
+		t.Fatalf("%d rows in the table, want %d", n, 50-len(want))
 	}
 }

@@ -79,6 +79,9 @@ type Sink struct {
 	// row found none.
 	screening atomic.Bool
 	quiet     atomic.Int32 // screened writes in a row that found nothing
+	// prescreenMissed is set once PostgreSQL refused a row the prescreen
+	// let through; the screen then sends every row.
+	prescreenMissed atomic.Bool
 }
 
 // screenQuiet is how many screened writes in a row that find no bad row turn
@@ -317,14 +320,20 @@ func (s *Sink) write(ctx context.Context, b *record.Batch) (err error) {
 	case n == 0:
 	case s.plan.mode == modeCopy:
 		rows := b.Rows
+		pre := screen && !s.prescreenMissed.Load()
 		if screen {
-			if refused, names, err = s.screen.find(ctx, tx, b); err != nil {
+			if refused, names, err = s.screen.find(ctx, tx, b, pre); err != nil {
 				return s.screenFailed(err)
 			}
 			rows = without(rows, refused)
 		}
 		copied, err := tx.CopyFrom(ctx, s.plan.table, s.plan.columns, &rowSource{rows: rows})
 		if err != nil {
+			var pgErr *pgconn.PgError
+			if pre && s.screen.pre != nil && errors.As(err, &pgErr) && pgErr.Code == checkViolation && !s.prescreenMissed.Swap(true) {
+				s.log.Info("PostgreSQL refused a row the CHECK prescreen passed; the screen sends every row from now on",
+					zap.String("table", s.plan.tableName), zap.String("constraint", pgErr.ConstraintName))
+			}
 			return s.withRefused(s.classify("copy into", err, len(rows), true), refused, names)
 		}
 		if copied != int64(len(rows)) {
