@@ -342,6 +342,7 @@ func (r *results) markdown() string {
 		prow("upsert baseline", r.upsertBase.cpu, r.upsertBase.clientCPU)
 	}
 	p("\nThe servers' figures include their background work during the phase, which grows with its length.\n\n")
+	r.writeCPULimits(p, o)
 
 	p("Check: every sluice table holds %s rows, one per record, and sum(id) and sum(amount) match what was produced:", thousands(float64(o.records)))
 	for _, s := range runs {
@@ -408,4 +409,48 @@ func joinInts(v []int) string {
 		s[i] = strconv.Itoa(x)
 	}
 	return strings.Join(s, ", ")
+}
+
+// writeCPULimits says what the machine's CPUs allow each ratio aim to reach:
+// sluice, PostgreSQL and the broker share them, so a run cannot go faster than
+// all the CPUs divided by the CPU its three processes spend per row, and a
+// baseline likewise. The ratio of the two limits is the best ratio this
+// machine allows, whatever sluice's pipelining.
+func (r *results) writeCPULimits(p func(string, ...any), o options) {
+	if !r.watched {
+		return
+	}
+	perM := func(c phaseCPU, own time.Duration) float64 { return r.perMillion(c.pg+c.kafka+own, o.records) }
+	limit := func(perM float64) float64 { return float64(r.machine.cpus) * 1e6 / perM }
+	type line struct {
+		what     string
+		sluice   float64 // CPU-s per M rows, all three processes
+		base     float64
+		aim, got float64
+	}
+	var lines []line
+	if r.insert != nil && len(r.ceilings) > 0 {
+		var base float64
+		for _, c := range r.ceilings {
+			base += perM(c.cpu, c.clientCPU) / float64(len(r.ceilings))
+		}
+		lines = append(lines, line{"insert / ceiling", perM(r.insert.phase, r.insert.cpu), base, aimCeiling, r.insert.sustainedRate() / r.ceilingRate()})
+	}
+	if r.upsert != nil && r.upsertBase.elapsed > 0 {
+		lines = append(lines, line{"upsert / upsert baseline", perM(r.upsert.phase, r.upsert.cpu), perM(r.upsertBase.cpu, r.upsertBase.clientCPU),
+			aimUpsert, r.upsert.sustainedRate() / r.upsertBase.rate(o.records)})
+	}
+	if len(lines) == 0 {
+		return
+	}
+	p("What the CPUs allow: the three processes share the machine's %d CPUs, so no run can write faster than %d CPU-seconds\n", r.machine.cpus, r.machine.cpus)
+	p("per second divided by the CPU they spend per row, and the ratio of two such limits is the best ratio this machine allows:\n\n")
+	p("| ratio | CPU s per M rows, sluice's run (all three) | the baseline's | limit of sluice's run | limit of the baseline | best ratio the CPUs allow | measured | aim |\n")
+	p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, l := range lines {
+		p("| %s | %.2f | %.2f | %s rows/s | %s rows/s | %.2f | %.2f | %.2f |\n", l.what, l.sluice, l.base,
+			thousands(limit(l.sluice)), thousands(limit(l.base)), l.base/l.sluice, l.got, l.aim)
+	}
+	p("\nAn aim above the best ratio cannot be met on this machine by any scheduling; it needs sluice to spend less CPU per row\n")
+	p("(it decodes Kafka's records and maps JSON, which the baselines do not), or PostgreSQL on CPUs of its own, as in production.\n\n")
 }
