@@ -119,8 +119,9 @@ func poisonFlood(t *testing.T, brokers []string, dsn, mode string, n int64, roun
 		prod.produceN(ctx, 0, n, poisonRecord(topic, poison))
 
 		cfg := baseConfig(brokers, group, topic, dsn, table, mode)
-		cfg.BatchRecords = 5000 // sluice's default
-		cfg.MaxBufferedRecords, cfg.MaxBufferedBytes = 40000, 64<<20 // sluice's defaults
+		def := config.Default() // sluice's batch and budget, as a user runs it
+		cfg.BatchRecords = def.Sink.Batch.MaxRecords
+		cfg.MaxBufferedRecords, cfg.MaxBufferedBytes = def.Flow.MaxBufferedRecords, int64(def.Flow.MaxBufferedBytes)
 		p := startSluice(t, cfg, map[bool]string{false: "clean", true: "poison"}[poison])
 		waitWritten(t, p, time.Minute)
 		first := time.Now()
