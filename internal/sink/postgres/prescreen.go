@@ -215,33 +215,46 @@ func comparison(t *tableDef, columns []string, ident, op, constant string) *pres
 	return p
 }
 
-// splitTop splits s at sep where sep is outside parentheses and quotes.
-func splitTop(s, sep string) []string {
+// walkTop calls f with the index of each byte of s outside quotes and the
+// parenthesis depth after it, until f returns false.
+func walkTop(s string, f func(i, depth int) bool) {
 	var (
-		parts []string
 		depth int
 		quote byte
-		start int
 	)
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
+		switch c := s[i]; {
 		case quote != 0:
 			if c == quote {
 				quote = 0
 			}
+			continue
 		case c == '\'' || c == '"':
 			quote = c
+			continue
 		case c == '(':
 			depth++
 		case c == ')':
 			depth--
-		case depth == 0 && strings.HasPrefix(s[i:], sep):
-			parts = append(parts, s[start:i])
-			start = i + len(sep)
-			i += len(sep) - 1
+		}
+		if !f(i, depth) {
+			return
 		}
 	}
+}
+
+// splitTop splits s at sep (which holds no quote or parenthesis) where sep is
+// outside parentheses and quotes.
+func splitTop(s, sep string) []string {
+	var parts []string
+	start := 0
+	walkTop(s, func(i, depth int) bool {
+		if depth == 0 && i >= start && strings.HasPrefix(s[i:], sep) {
+			parts = append(parts, s[start:i])
+			start = i + len(sep)
+		}
+		return true
+	})
 	return append(parts, s[start:])
 }
 
@@ -250,25 +263,16 @@ func unwrap(s string) (string, bool) {
 	if len(s) < 2 || s[0] != '(' || s[len(s)-1] != ')' {
 		return s, false
 	}
-	depth := 0
-	var quote byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
-		case c == '\'' || c == '"':
-			quote = c
-		case c == '(':
-			depth++
-		case c == ')':
-			depth--
-			if depth == 0 && i < len(s)-1 {
-				return s, false // "(0)::numeric": the first parenthesis closes early
-			}
+	whole := false
+	walkTop(s, func(i, depth int) bool {
+		if depth == 0 { // the first parenthesis closes here: at the end, or early as in "(0)::numeric"
+			whole = i == len(s)-1
+			return false
 		}
+		return true
+	})
+	if !whole {
+		return s, false
 	}
 	return s[1 : len(s)-1], true
 }

@@ -141,3 +141,28 @@ func TestNumericValueFloat64(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitTopAndUnwrap(t *testing.T) {
+	for _, tc := range []struct {
+		in, sep string
+		want    []string
+	}{
+		{"(a > 0) AND (b < 1)", " AND ", []string{"(a > 0)", "(b < 1)"}},
+		{"((a > 0) AND (b < 1)) OR (c <> 2)", " AND ", []string{"((a > 0) AND (b < 1)) OR (c <> 2)"}},
+		{`("x AND y" > 0) AND (h <> ' AND '::text)`, " AND ", []string{`("x AND y" > 0)`, `(h <> ' AND '::text)`}},
+		{"a >= (0)::numeric", " >= ", []string{"a", "(0)::numeric"}},
+	} {
+		if got := splitTop(tc.in, tc.sep); !slices.Equal(got, tc.want) {
+			t.Errorf("splitTop(%q, %q) = %q, want %q", tc.in, tc.sep, got, tc.want)
+		}
+	}
+	for in, want := range map[string]string{
+		"(a > 0)": "a > 0", "((a > 0) AND (b < 1))": "(a > 0) AND (b < 1)",
+		"(0)::numeric": "", "(a > 0) AND (b < 1)": "", "(h <> ')'::text)": "h <> ')'::text", "a": "",
+	} {
+		got, ok := unwrap(in)
+		if (want != "") != ok || (ok && got != want) {
+			t.Errorf("unwrap(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+}
