@@ -56,6 +56,7 @@ type plan struct {
 	columns   []string // mapped columns, in row order
 	keys      []string
 	mode      writeMode
+	copyInto  *copyTarget // the table (modeCopy) or the staging table
 
 	// Staged modes only.
 	stagingColumns []string // columns then ordColumn
@@ -124,6 +125,9 @@ func newPlan(t *tableDef, cfg config.Postgres) (*plan, error) {
 		p.stagingColumns = append(slices.Clone(p.columns), ordColumn)
 		p.createStaging = createStagingSQL(p.table, p.columns)
 		p.merge = mergeSQL(p.table, p.columns, p.keys, mode)
+		p.copyInto = newCopyTarget(stagingIdent, p.stagingColumns, m.fields, true)
+	} else {
+		p.copyInto = newCopyTarget(p.table, p.columns, m.fields, false)
 	}
 	return p, nil
 }

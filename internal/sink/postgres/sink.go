@@ -327,7 +327,7 @@ func (s *Sink) write(ctx context.Context, b *record.Batch) (err error) {
 			}
 			rows = without(rows, refused)
 		}
-		copied, err := tx.CopyFrom(ctx, s.plan.table, s.plan.columns, &rowSource{rows: rows})
+		copied, err := s.copy(ctx, tx, rows)
 		if err != nil {
 			var pgErr *pgconn.PgError
 			if pre && s.screen.pre != nil && errors.As(err, &pgErr) && pgErr.Code == checkViolation && !s.prescreenMissed.Swap(true) {
@@ -340,8 +340,7 @@ func (s *Sink) write(ctx context.Context, b *record.Batch) (err error) {
 			return &flow.TransientError{Err: fmt.Errorf("copy into %s: copied %d rows of %d", s.plan.tableName, copied, len(rows))}
 		}
 	default:
-		src := &rowSource{rows: b.Rows, ord: make([]any, 0, len(s.plan.stagingColumns))}
-		if _, err := tx.CopyFrom(ctx, stagingIdent, s.plan.stagingColumns, src); err != nil {
+		if _, err := s.copy(ctx, tx, b.Rows); err != nil {
 			return s.classify("copy into the staging table of", err, n, true)
 		}
 		if screen {
@@ -381,30 +380,13 @@ func (s *Sink) write(ctx context.Context, b *record.Batch) (err error) {
 	return nil
 }
 
-// rowSource feeds a batch's rows to CopyFrom; for the staging table it adds
-// each row's index in the batch. pgx encodes a row before it asks for the next,
-// so one buffer serves every row.
-type rowSource struct {
-	rows []record.Row
-	next int
-	ord  []any // non-nil: staging, the buffer a row plus its index is built in
+// copy copies rows into the plan's COPY target in tx and returns how many
+// rows PostgreSQL says it copied.
+func (s *Sink) copy(ctx context.Context, tx pgx.Tx, rows []record.Row) (int64, error) {
+	c := tx.Conn()
+	tag, err := c.PgConn().CopyFrom(ctx, newCopyReader(s.plan.copyInto, c.TypeMap(), rows), s.plan.copyInto.sql)
+	return tag.RowsAffected(), err
 }
-
-func (s *rowSource) Next() bool {
-	s.next++
-	return s.next <= len(s.rows)
-}
-
-func (s *rowSource) Values() ([]any, error) {
-	i := s.next - 1
-	if s.ord == nil {
-		return s.rows[i], nil
-	}
-	s.ord = append(append(s.ord[:0], s.rows[i]...), int32(i))
-	return s.ord, nil
-}
-
-func (s *rowSource) Err() error { return nil }
 
 // classify wraps a failed write's error with the operation and gives it its
 // class. copied says the error came from a COPY whose rows are in batch order,
