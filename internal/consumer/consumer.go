@@ -48,11 +48,16 @@ import (
 	"github.com/sluicehq/sluice/internal/record"
 )
 
-// Pipeline is what the consumer feeds. Room, Admit and CloseInput are called
-// only from the poll loop.
+// Pipeline is what the consumer feeds. Fits, AdmitAll, Room and CloseInput
+// are called only from the poll loop.
 type Pipeline interface {
+	// Fits returns how many of rs, in order, fit in the budget now.
+	Fits(rs []*record.Record) int
+	// AdmitAll hands over records Fits counted, in order.
+	AdmitAll(rs []*record.Record)
+	// Room reports whether r fits now; when it does not, the pipeline
+	// pauses partitions (flow.Gate).
 	Room(r *record.Record) bool
-	Admit(r *record.Record)
 	CloseInput()
 	Drained() <-chan struct{}
 }
@@ -614,22 +619,35 @@ func (c *Consumer) admitPending() {
 	// admission time (Record.Admitted) and the lag's fallback timestamp.
 	at := time.Now()
 	now := at.UnixNano()
+	// The pending records come a partition at a time: admit each run of one
+	// partition's records together.
 	i := 0
-	for ; i < len(c.pending); i++ {
-		r := c.pending[i]
-		ps := c.parts[r.Part()]
-		if ps == nil || ps.revoking {
-			continue // no longer ours: the next owner reads it from the last commit
+	for i < len(c.pending) {
+		p := c.pending[i].Part()
+		j := i + 1
+		for j < len(c.pending) && c.pending[j].Part() == p {
+			j++
 		}
-		if ps.seek {
-			continue // exactly-once: read again from the stored position
+		ps := c.parts[p]
+		switch {
+		case ps == nil || ps.revoking:
+			i = j // no longer ours: the next owner reads it from the last commit
+			continue
+		case ps.seek:
+			i = j // exactly-once: read again from the stored position
+			continue
 		}
-		if !c.pipe.Room(r) {
-			break
+		run := c.pending[i:j]
+		k := c.pipe.Fits(run)
+		for _, r := range run[:k] {
+			r.Ticket = record.Ticket{Generation: ps.gen, Seq: ps.t.add(r.Offset, r.LeaderEpoch, lagTimestamp(r.Timestamp, now))}
+			r.Admitted = at
 		}
-		r.Ticket = record.Ticket{Generation: ps.gen, Seq: ps.t.add(r.Offset, r.LeaderEpoch, lagTimestamp(r.Timestamp, now))}
-		r.Admitted = at
-		c.pipe.Admit(r)
+		c.pipe.AdmitAll(run[:k])
+		i += k
+		if k < len(run) && !c.pipe.Room(run[k]) {
+			break // Room paused the heaviest partitions; admitPending runs again when the gate has room
+		}
 	}
 	n := copy(c.pending, c.pending[i:])
 	clear(c.pending[n:])

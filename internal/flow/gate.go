@@ -86,6 +86,25 @@ func (g *Gate) Room(r *record.Record) bool {
 	return false
 }
 
+// Fits returns how many of rs, in order, Room would let in were each admitted
+// before the next is asked about. Unlike Room it changes nothing: the caller
+// admits them (AdmitAll) and then asks Room about the first that did not fit,
+// which makes the gate full with the usage Admit one at a time would leave.
+func (g *Gate) Fits(rs []*record.Record) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	records, bytes := g.records, g.bytes
+	for i, r := range rs {
+		n := int64(r.Size())
+		if records > 0 && (g.full || records+1 > g.cfg.MaxRecords || bytes+n > g.cfg.MaxBytes) {
+			return i
+		}
+		records++
+		bytes += n
+	}
+	return len(rs)
+}
+
 // FreeRecords returns how many more records fit by count; the poll limit.
 func (g *Gate) FreeRecords() int {
 	g.mu.Lock()
@@ -111,21 +130,36 @@ func (g *Gate) Changed() <-chan struct{} {
 }
 
 // Admit counts r against the budget. Call it only after Room(r) said yes.
-func (g *Gate) Admit(r *record.Record) {
-	n := int64(r.Size())
-	g.mu.Lock()
-	g.records++
-	g.bytes += n
-	u := g.byPart[r.Part()]
-	if u == nil {
-		u = &usage{}
-		g.byPart[r.Part()] = u
+func (g *Gate) Admit(r *record.Record) { g.AdmitAll([]*record.Record{r}) }
+
+// AdmitAll counts records into the budget, as Admit does each in turn, under
+// one lock: the consumer admits the records of a poll together.
+func (g *Gate) AdmitAll(rs []*record.Record) {
+	if len(rs) == 0 {
+		return
 	}
-	u.records++
-	u.bytes += n
-	g.peakBytes = max(g.peakBytes, g.bytes)
+	g.mu.Lock()
+	var (
+		last record.Partition
+		u    *usage
+	)
+	for i, r := range rs {
+		n := int64(r.Size())
+		if p := r.Part(); i == 0 || p != last {
+			last, u = p, g.byPart[p]
+			if u == nil {
+				u = &usage{}
+				g.byPart[p] = u
+			}
+		}
+		g.records++
+		g.bytes += n
+		u.records++
+		u.bytes += n
+		g.peakBytes = max(g.peakBytes, g.bytes)
+	}
 	if g.records >= g.cfg.MaxRecords || g.bytes >= g.cfg.MaxBytes {
-		g.fill(r.Part()) // the budget is reached: stop fetching before anything waits
+		g.fill(last) // the budget is reached: stop fetching before anything waits
 	}
 	g.publish()
 	g.mu.Unlock()

@@ -1,6 +1,8 @@
 package flow_test
 
 import (
+	"maps"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -323,4 +325,57 @@ func TestGateBufferMetricsFollowUsage(t *testing.T) {
 	check("after releasing 600 bytes", 2, 150, 0.2) // now records are the larger share
 	g.Release(a, c)
 	check("empty", 0, 0, 0)
+}
+
+// Fits and AdmitAll, which the consumer uses to admit a poll's records
+// together, then Room for the first record left out, decide and count exactly
+// as Room and Admit do one record at a time: same number let in, same usage,
+// same pauses in the same order, whichever budget is hit.
+func TestGateFitsAndAdmitAllAreRoomAndAdmitInTurn(t *testing.T) {
+	cfgs := []flow.GateConfig{
+		{MaxRecords: 5, MaxBytes: 1 << 20, ResumeAt: 0.5},
+		{MaxRecords: 100, MaxBytes: 250, ResumeAt: 0.5},
+		{MaxRecords: 100, MaxBytes: 10, ResumeAt: 0.5}, // a single record over the budget
+	}
+	// Runs of records of three partitions, as polls bring them, some sizes
+	// crossing the byte budgets above.
+	runs := [][]*record.Record{
+		{sized(0, 0, 40), sized(0, 1, 40)},
+		{sized(1, 0, 30), sized(1, 1, 90), sized(1, 2, 100)},
+		{sized(2, 0, 60), sized(2, 1, 60), sized(2, 2, 60), sized(2, 3, 60)},
+		{sized(0, 2, 20)},
+	}
+	for _, cfg := range cfgs {
+		one, onePz, _ := newGate(t, cfg)
+		all, allPz, _ := newGate(t, cfg)
+		for k, run := range runs {
+			want := 0
+			for _, r := range run {
+				if !one.Room(r) {
+					break
+				}
+				one.Admit(r)
+				want++
+			}
+			// As the consumer does: admit what fits, then ask about the next.
+			got := all.Fits(run)
+			all.AdmitAll(run[:got])
+			if got < len(run) && all.Room(run[got]) {
+				t.Errorf("%+v, run %d: Room has room for the record Fits left out", cfg, k)
+			}
+			if got != want {
+				t.Errorf("%+v, run %d: Fits = %d, Room let in %d", cfg, k, got, want)
+			}
+			if a, b := all.Stats(), one.Stats(); a.Records != b.Records || a.Bytes != b.Bytes || a.PeakBytes != b.PeakBytes ||
+				a.Full != b.Full || a.Pauses != b.Pauses || !maps.Equal(a.Buffered, b.Buffered) {
+				t.Errorf("%+v, run %d: stats after AdmitAll %+v, after Admit one by one %+v", cfg, k, a, b)
+			}
+			if a, b := allPz.history(), onePz.history(); !reflect.DeepEqual(a, b) {
+				t.Errorf("%+v, run %d: pauses %+v after AdmitAll, %+v after Admit", cfg, k, a, b)
+			}
+		}
+		if one.Stats().Pauses == 0 {
+			t.Errorf("%+v: the runs never filled the gate; the test needs them to", cfg)
+		}
+	}
 }

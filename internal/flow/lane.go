@@ -106,7 +106,9 @@ func (l *lane) batch(ctx context.Context) error {
 			linger.Stop()
 		}
 	}()
+	lastSize := 0 // rows and dead letters of the last batch sent
 	sent := func() {
+		lastSize = len(open.Rows) + len(open.dead)
 		open, lingerC, expired = nil, nil, false
 		if linger != nil {
 			linger.Stop()
@@ -134,7 +136,10 @@ func (l *lane) batch(ctx context.Context) error {
 			}
 		}
 		if open == nil {
-			open = &laneBatch{Batch: &record.Batch{Rows: make([]record.Row, 0, min(cfg.MaxRecords, 1024)), Records: make([]*record.Record, 0, min(cfg.MaxRecords, 1024))}}
+			// Sized like the last batch, so that a busy lane's batches do
+			// not grow their slices row by row from small.
+			size := min(cfg.MaxRecords, max(lastSize, 1024))
+			open = &laneBatch{Batch: &record.Batch{Rows: make([]record.Row, 0, size), Records: make([]*record.Record, 0, size)}}
 			if eo {
 				open.pos = map[record.Partition]*record.Position{}
 			}

@@ -184,14 +184,50 @@ func (it *item) settle(row record.Row, cause *PoisonError) bool {
 // Room reports whether r may be admitted now (see Gate.Room).
 func (p *Pipeline) Room(r *record.Record) bool { return p.gate.Room(r) }
 
+// Fits returns how many of rs, in order, have room: Room for each as though
+// the ones before it were admitted, without Room's pausing (see Gate.Fits).
+func (p *Pipeline) Fits(rs []*record.Record) int { return p.gate.Fits(rs) }
+
 // Admit hands r to the pipeline. Call only after Room(r) reported true; it
 // never blocks.
-func (p *Pipeline) Admit(r *record.Record) {
-	p.gate.Admit(r)
-	if r.Admitted.IsZero() { // the consumer sets it once for the records it admits together
-		r.Admitted = p.now()
+func (p *Pipeline) Admit(r *record.Record) { p.AdmitAll([]*record.Record{r}) }
+
+// AdmitAll hands rs to the pipeline in order, as Admit does each; the gate
+// and the counters are updated once, and a run of one partition's records
+// finds its lane once. Call only with records Fits counted; it never blocks.
+func (p *Pipeline) AdmitAll(rs []*record.Record) {
+	if len(rs) == 0 {
+		return
 	}
-	part := r.Part()
+	p.gate.AdmitAll(rs)
+	var (
+		now  time.Time
+		last record.Partition
+		l    *lane
+	)
+	for i, r := range rs {
+		if r.Admitted.IsZero() { // the consumer sets it once for the records it admits together
+			if now.IsZero() {
+				now = p.now()
+			}
+			r.Admitted = now
+		}
+		if part := r.Part(); i == 0 || part != last {
+			last, l = part, p.laneFor(part)
+		}
+		it := p.newItem()
+		it.rec, it.lane = r, l
+		p.unsettled.Add(1)
+		l.queue <- it
+		p.work <- it
+	}
+	p.metrics.RecordsConsumed.Add(float64(len(rs)))
+	p.consumed.Add(int64(len(rs)))
+}
+
+// laneFor returns the lane of a partition, choosing it the first time.
+// Admit's goroutine only.
+func (p *Pipeline) laneFor(part record.Partition) *lane {
 	l := p.laneOf[part]
 	if l == nil {
 		h := fnv.New32a()
@@ -200,13 +236,7 @@ func (p *Pipeline) Admit(r *record.Record) {
 		l = p.lanes[int(h.Sum32()%uint32(len(p.lanes)))]
 		p.laneOf[part] = l
 	}
-	it := p.newItem()
-	it.rec, it.lane = r, l
-	p.unsettled.Add(1)
-	l.queue <- it
-	p.work <- it
-	p.metrics.RecordsConsumed.Inc()
-	p.consumed.Add(1)
+	return l
 }
 
 // itemSlab is how many items admission allocates at once.
