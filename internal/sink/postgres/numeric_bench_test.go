@@ -8,8 +8,8 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// The benchmarks of encoding a row the way pgx's CopyFrom does (Map.Encode
-// per value, binary format):
+// The benchmarks of encoding a row for a binary COPY, the way pgx's CopyFrom
+// does (Map.Encode per value) and the way the sink does (copyenc.go):
 //
 //	go test -run='^$' -bench='Encode' -benchmem ./internal/sink/postgres
 //
@@ -40,8 +40,9 @@ func BenchmarkEncodeNumeric(b *testing.B) {
 }
 
 // BenchmarkEncodeRow is the bench's order row (bigint, text, numeric, text,
-// timestamptz, integer, bigint) with the numeric as pgx's type and as
-// numericValue: the sink's encoding cost per row, mapping aside.
+// timestamptz, integer, bigint) encoded by pgx with the numeric as pgx's type
+// and as numericValue, and by the sink's COPY encoder ("copy"): the sink's
+// encoding cost per row, mapping aside.
 func BenchmarkEncodeRow(b *testing.B) {
 	oids := []uint32{pgtype.Int8OID, pgtype.TextOID, pgtype.NumericOID, pgtype.TextOID, pgtype.TimestamptzOID, pgtype.Int4OID, pgtype.Int8OID}
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -68,4 +69,20 @@ func BenchmarkEncodeRow(b *testing.B) {
 			}
 		})
 	}
+	b.Run("copy", func(b *testing.B) {
+		target := &copyTarget{oids: oids}
+		for _, oid := range oids {
+			k, _ := kindOf(oid)
+			target.kinds = append(target.kinds, k)
+		}
+		row := []any{int64(42), "customer-000042", fast, "EUR", at, int32(3), int64(1000)}
+		buf := make([]byte, 0, 256)
+		b.ReportAllocs()
+		for b.Loop() {
+			var err error
+			if buf, err = target.appendRow(buf[:0], fastMap, row, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
