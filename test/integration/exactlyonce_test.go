@@ -7,9 +7,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -159,15 +157,7 @@ func produceEO(t *testing.T, brokers []string, topic string, from, to int) map[a
 // into table, and returns its path.
 func eoBinaryConfig(t *testing.T, brokers []string, group, topic, table, offsets string, rate int) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sluice.yaml")
-	yaml := fmt.Sprintf(`kafka:
-  brokers: [%s]
-  group: %s
-  topics: [%s]
-  fetch_max_wait: 200ms
-  session_timeout: 6s
-  rebalance_timeout: 10s
-flow:
+	return binaryConfig(t, brokers, group, topic, "", fmt.Sprintf(`flow:
   rate_limit: {records_per_second: %d, burst: 1000}
 sink:
   type: postgres
@@ -181,15 +171,8 @@ sink:
     mode: insert
     delivery: exactly-once
     offsets_table: %s
-    columns: {id: value.id, amount: value.amount, seq: value.seq, kafka_partition: $partition, kafka_offset: $offset}
-commit: {interval: 200ms}
-shutdown_timeout: 15s
-observability: {listen: "127.0.0.1:0", log_level: info, log_format: json}
-`, strings.Join(brokers, ", "), group, topic, rate, table, offsets)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+    columns: %s
+`, rate, table, offsets, ordersColumns), "info")
 }
 
 // sigterm stops a sluice binary with SIGTERM and expects exit status 0.

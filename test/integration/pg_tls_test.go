@@ -137,15 +137,7 @@ func writeSecretFile(t *testing.T, name, content string) string {
 // secret is never in the file itself. It returns the file's path.
 func tlsSluiceConfig(t *testing.T, brokers []string, group, topic, table, dsnKey string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sluice.yaml")
-	yaml := fmt.Sprintf(`kafka:
-  brokers: [%s]
-  group: %s
-  topics: [%s]
-  fetch_max_wait: 200ms
-  session_timeout: 6s
-  rebalance_timeout: 10s
-sink:
+	return binaryConfig(t, brokers, group, topic, "", fmt.Sprintf(`sink:
   type: postgres
   concurrency: 2
   batch: {max_records: 500, linger: 50ms}
@@ -155,15 +147,8 @@ sink:
     %s
     table: public.%s
     mode: insert
-    columns: {id: value.id, amount: value.amount, seq: value.seq, kafka_partition: $partition, kafka_offset: $offset}
-commit: {interval: 200ms}
-shutdown_timeout: 15s
-observability: {listen: "127.0.0.1:0", log_level: info, log_format: json}
-`, strings.Join(brokers, ", "), group, topic, dsnKey, table)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+    columns: %s
+`, dsnKey, table, ordersColumns), "info")
 }
 
 // TestPostgresTLSVerifyFullWithSCRAM runs the sluice binary against a

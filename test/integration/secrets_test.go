@@ -28,16 +28,7 @@ const secretsTable = "(id bigint NOT NULL, amount numeric(12,2) CHECK (amount >=
 // connection's line under sink.postgres) from the caller.
 func secretsConfig(t *testing.T, brokers []string, group, topic, table, kafkaExtra, pgKey string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sluice.yaml")
-	yaml := fmt.Sprintf(`kafka:
-  brokers: [%s]
-  group: %s
-  topics: [%s]
-  fetch_max_wait: 200ms
-  session_timeout: 6s
-  rebalance_timeout: 10s
-%s
-sink:
+	return binaryConfig(t, brokers, group, topic, kafkaExtra, fmt.Sprintf(`sink:
   type: postgres
   concurrency: 2
   batch: {max_records: 200, linger: 20ms}
@@ -48,15 +39,8 @@ sink:
     %s
     table: public.%s
     mode: insert
-    columns: {id: value.id, amount: value.amount, seq: value.seq, kafka_partition: $partition, kafka_offset: $offset}
-commit: {interval: 200ms}
-shutdown_timeout: 15s
-observability: {listen: "127.0.0.1:0", log_level: debug, log_format: json}
-`, strings.Join(brokers, ", "), group, topic, kafkaExtra, pgKey, table)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+    columns: %s
+`, pgKey, table, ordersColumns), "debug")
 }
 
 // observabilityAddr waits, at most 30 s, for the line in which a running
