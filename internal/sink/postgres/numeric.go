@@ -18,9 +18,9 @@ import (
 //
 // The digits and header are exactly those pgx's NumericCodec writes for the
 // same value as a pgtype.Numeric{Int, Exp} (tests compare the bytes), so a
-// value means the same whichever encoder writes it. pgx uses the encoding
-// only on connections whose type map has the codec (registerNumeric); on any
-// other, NumericValue gives pgx the pgtype.Numeric to encode its own way.
+// value means the same whichever encoder writes it. The sink's COPY writes
+// them (copyenc.go); anything else that hands one to pgx gets the
+// pgtype.Numeric from NumericValue, which pgx encodes its own way.
 //
 // A numericValue is immutable and safe for concurrent use.
 type numericValue struct {
@@ -206,31 +206,4 @@ func (n numericValue) NumericValue() (pgtype.Numeric, error) {
 		i.Quo(i, big.NewInt(10)) // only zeros of pgx's alignment are dropped
 	}
 	return pgtype.Numeric{Int: i, Exp: exp, Valid: true}, nil
-}
-
-// numericCodec is pgx's NumericCodec with the binary encoding of
-// numericValue added; every other value, and all decoding, is pgx's.
-type numericCodec struct {
-	pgtype.NumericCodec
-}
-
-// PlanEncode implements pgtype.Codec.
-func (c numericCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, value any) pgtype.EncodePlan {
-	if _, ok := value.(numericValue); ok && format == pgtype.BinaryFormatCode {
-		return encodePlanNumericValue{}
-	}
-	return c.NumericCodec.PlanEncode(m, oid, format, value)
-}
-
-type encodePlanNumericValue struct{}
-
-// Encode implements pgtype.EncodePlan.
-func (encodePlanNumericValue) Encode(value any, buf []byte) ([]byte, error) {
-	return value.(numericValue).appendBinary(buf), nil
-}
-
-// registerNumeric makes m encode numericValue itself: call it on every
-// connection of the sink's pool (pgxpool's AfterConnect).
-func registerNumeric(m *pgtype.Map) {
-	m.RegisterType(&pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: numericCodec{}})
 }

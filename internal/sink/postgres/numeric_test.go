@@ -51,14 +51,10 @@ func pgxNumeric(t testing.TB, neg bool, mant string, exp int64) pgtype.Numeric {
 	return pgtype.Numeric{Int: i, Exp: int32(exp), Valid: true}
 }
 
-var (
-	stockMap = pgtype.NewMap()
-	fastMap  = func() *pgtype.Map { m := pgtype.NewMap(); registerNumeric(m); return m }()
-)
+var stockMap = pgtype.NewMap()
 
 // checkNumeric checks that s encodes to the bytes pgx writes for the same
-// value, through the registered codec, and that without the codec pgx falls
-// back to an equal value.
+// value, and that pgx, given the numericValue itself, encodes an equal value.
 func checkNumeric(t *testing.T, s string) {
 	t.Helper()
 	neg, mant, exp := decimalParts(t, s)
@@ -70,11 +66,7 @@ func checkNumeric(t *testing.T, s string) {
 	if err != nil {
 		t.Fatalf("%q: pgx: %v", s, err)
 	}
-	got, err := fastMap.Encode(pgtype.NumericOID, pgtype.BinaryFormatCode, n, nil)
-	if err != nil {
-		t.Fatalf("%q: encode: %v", s, err)
-	}
-	if !bytes.Equal(got, want) {
+	if got := n.appendBinary(nil); !bytes.Equal(got, want) {
 		t.Fatalf("%q: encoded %x, pgx encodes %x", s, got, want)
 	}
 	// Split at the point, as toNumeric hands it over: the same digits.
@@ -83,7 +75,7 @@ func checkNumeric(t *testing.T, s string) {
 			t.Fatalf("%q: split at the point gives %+v (%v), want %+v", s, split, ok, n)
 		}
 	}
-	// Without the codec, pgx encodes NumericValue: the same value.
+	// pgx encodes NumericValue: the same value.
 	fallback, err := stockMap.Encode(pgtype.NumericOID, pgtype.BinaryFormatCode, n, nil)
 	if err != nil {
 		t.Fatalf("%q: fallback: %v", s, err)
@@ -218,20 +210,11 @@ func TestNumericFromInt64(t *testing.T) {
 	}
 }
 
-// The codec leaves every other value to pgx's NumericCodec.
-func TestNumericCodecDelegates(t *testing.T) {
-	for _, v := range []any{int64(42), 1.25, pgtype.Numeric{Int: big.NewInt(125), Exp: -2, Valid: true}} {
-		want, err := stockMap.Encode(pgtype.NumericOID, pgtype.BinaryFormatCode, v, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := fastMap.Encode(pgtype.NumericOID, pgtype.BinaryFormatCode, v, nil)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%T %v: encoded %x (%v), want %x", v, v, got, err, want)
-		}
-	}
+// pgx writes a numericValue in the text format, through NumericValue, with
+// its display scale.
+func TestNumericValueInTextFormat(t *testing.T) {
 	n, _ := numericFromDecimal(false, "12", "50", -2)
-	text, err := fastMap.Encode(pgtype.NumericOID, pgtype.TextFormatCode, n, nil)
+	text, err := stockMap.Encode(pgtype.NumericOID, pgtype.TextFormatCode, n, nil)
 	if err != nil || string(text) != "12.50" {
 		t.Errorf("text format: %q (%v), want 12.50", text, err)
 	}

@@ -177,15 +177,13 @@ func New(ctx context.Context, cfg config.Postgres, opts Options) (*Sink, error) 
 	s.screen = newScreen(t, s.plan.columns, checks)
 
 	create := s.plan.createStaging
-	poolCfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		registerNumeric(c.TypeMap()) // numeric values of Map encode themselves (numeric.go)
-		if create == "" {
+	if create != "" {
+		poolCfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			if _, err := c.Exec(ctx, create); err != nil {
+				return fmt.Errorf("create the staging table: %w", err)
+			}
 			return nil
 		}
-		if _, err := c.Exec(ctx, create); err != nil {
-			return fmt.Errorf("create the staging table: %w", err)
-		}
-		return nil
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
 		return nil, s.scrub(fmt.Errorf("sink.postgres.dsn: %w", err))
